@@ -1,0 +1,46 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.logging import LoggingConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from orders_service.config import Settings
+from orders_service.controllers.health import HealthController
+from orders_service.controllers.orders import OrderController
+from orders_service.database import sqlalchemy_config
+from orders_service.errors import OrderRejected, problem_details_plugin
+from orders_service.metrics import MetricsController, prometheus_config
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the app for ``settings`` (default: from the environment). Opens no connection."""
+    settings = settings or Settings.from_env()
+    openapi = (
+        OpenAPIConfig(title="Orders service", version="0.1.0", path="/schema", render_plugins=[SwaggerRenderPlugin()])
+        if settings.openapi_enabled
+        else None
+    )
+    return Litestar(
+        route_handlers=[OrderController, HealthController, MetricsController],
+        dependencies={"settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True)},
+        plugins=[SQLAlchemyPlugin(config=sqlalchemy_config(settings)), problem_details_plugin()],
+        middleware=[prometheus_config().middleware],
+        openapi_config=openapi,
+        logging_config=LoggingConfig(
+            root={"level": logging.getLevelName(logging.INFO), "handlers": ["queue_listener"]},
+            log_exceptions="always",
+            # Client errors are answered, not logged with a traceback.
+            disable_stack_trace={400, 401, 403, 404, 405, 409, 413, 415, 422, OrderRejected},
+        ),
+        debug=False,
+    )
+
+
+app = create_app()

@@ -1,0 +1,93 @@
+"""``orders-service``: ``serve`` (production, Granian) and ``dev`` (one-command local run)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from orders_service.config import ConfigError, Settings
+
+logger = logging.getLogger("orders_service")
+
+APP_TARGET = "orders_service.app:app"
+DB_ENV_VARS = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASS")
+DEV_DATA_DIR = Path(".devdb") / "pgdata"
+
+
+def prepare_metrics_dir() -> Path:
+    """Point prometheus_client's multiprocess mode at an empty directory (before any worker imports it)."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="orders-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
+
+
+def serve(settings: Settings) -> None:
+    """Serve the app with Granian: ASGI, uvloop, ``WORKERS`` processes, graceful on SIGTERM."""
+    from granian.constants import Interfaces, Loops  # noqa: PLC0415 - keep `--help` fast
+    from granian.server import Server  # noqa: PLC0415
+
+    prepare_metrics_dir()
+    os.environ.update(settings.as_env())  # the workers build their app from the environment
+    Server(
+        APP_TARGET,
+        address=settings.listen_host,
+        port=settings.listen_port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        workers_kill_timeout=settings.worker_kill_timeout,
+        respawn_failed_workers=True,
+    ).serve()
+
+
+def dev() -> None:
+    """Run locally: embedded PostgreSQL unless ``DB_*`` is set, demo catalog, migrations, then serve."""
+    from sqlalchemy import create_engine  # noqa: PLC0415
+
+    from orders_service import migrate  # noqa: PLC0415
+    from orders_service.catalog import ensure_demo_catalog  # noqa: PLC0415
+
+    if not any(name in os.environ for name in DB_ENV_VARS):
+        from orders_service.embedded_db import start_embedded_postgres  # noqa: PLC0415
+
+        logger.info("no DB_* variables set: starting the embedded PostgreSQL in %s", DEV_DATA_DIR)
+        os.environ.update(start_embedded_postgres(DEV_DATA_DIR.resolve()))
+    settings = Settings.from_env()
+    engine = create_engine(settings.database_url)
+    with engine.begin() as connection:
+        if ensure_demo_catalog(connection, settings):
+            logger.info("created %s.products with demo products", settings.catalog_schema)
+    engine.dispose()
+    migrate.upgrade(settings)
+    serve(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orders-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="serve with Granian (production; configured by environment variables)")
+    commands.add_parser("dev", help="run locally on an embedded PostgreSQL unless DB_* is set")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            serve(Settings.from_env())
+        else:
+            dev()
+    except ConfigError as exc:
+        print(f"orders-service: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

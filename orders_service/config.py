@@ -1,0 +1,83 @@
+"""Settings read from the environment, validated once at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated
+
+import msgspec
+from sqlalchemy.engine import URL
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+# Schema names are interpolated into DDL, so only plain identifiers are accepted.
+SchemaName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+
+
+class ConfigError(ValueError):
+    """A setting from the environment has a bad value."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    """Every knob of the service; field ``db_host`` is read from ``DB_HOST`` and so on."""
+
+    db_host: str = "localhost"
+    db_port: Port = 5432
+    db_name: str = "appdb"
+    db_user: str = "app"
+    db_pass: str = "app"  # noqa: S105 - the documented default
+    db_schema: SchemaName = "orders"
+    catalog_schema: SchemaName = "catalog"
+    db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    db_pool_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    listen_host: str = "0.0.0.0"  # noqa: S104 - the container must be reachable by the Gateway
+    listen_port: Port = 8000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    worker_kill_timeout: Annotated[int, msgspec.Meta(ge=1, le=600)] = 30
+    health_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+    openapi_enabled: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default ``os.environ``); raise ConfigError on a bad value."""
+        env = os.environ if environ is None else environ
+        names = {field.encode_name for field in msgspec.structs.fields(cls)}
+        raw = {name: value for name, value in env.items() if name in names}
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from None
+
+    @property
+    def database_url(self) -> URL:
+        """SQLAlchemy URL for psycopg 3 (async and sync engines share it).
+
+        A ``DB_HOST`` starting with ``/`` is a Unix socket directory, passed as libpq query
+        parameters so that the URL still renders to a valid string.
+        """
+        if self.db_host.startswith("/"):
+            return URL.create(
+                "postgresql+psycopg",
+                username=self.db_user,
+                password=self.db_pass,
+                database=self.db_name,
+                query={"host": self.db_host, "port": str(self.db_port)},
+            )
+        return URL.create(
+            "postgresql+psycopg",
+            username=self.db_user,
+            password=self.db_pass,
+            host=self.db_host,
+            port=self.db_port,
+            database=self.db_name,
+        )
+
+    @property
+    def schema_translate_map(self) -> dict[str | None, str]:
+        """Maps the schema names written in the models to the configured ones."""
+        return {"orders": self.db_schema, "catalog": self.catalog_schema}
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as environment variables, for child processes (Granian workers)."""
+        values = msgspec.to_builtins(self)
+        return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in values.items()}

@@ -1,0 +1,43 @@
+"""The ``X-User`` guard: the Gateway authenticates and names the user in this header."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.handlers.base import BaseRouteHandler
+
+from orders_service.models import USER_ID_MAX_LENGTH
+
+USER_HEADER = "X-User"
+
+
+class User(msgspec.Struct, frozen=True):
+    id: str
+
+
+def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Put the ``X-User`` user on ``connection.user``; 401 when missing or blank, 400 when too long."""
+    user_id = connection.headers.get(USER_HEADER, "").strip()
+    if not user_id:
+        raise NotAuthorizedException(f"missing {USER_HEADER} header")
+    if len(user_id) > USER_ID_MAX_LENGTH:
+        raise ValidationException(f"{USER_HEADER} header is longer than {USER_ID_MAX_LENGTH} characters")
+    connection.scope["user"] = User(user_id)
+
+
+def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """415 unless the body is declared as JSON (``application/json`` or a ``+json`` type)."""
+    media_type = connection.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(
+            status_code=415, detail=f"Content-Type must be application/json, got {media_type or 'nothing'!r}"
+        )
+
+
+def provide_user(request: Any) -> User:
+    """Dependency: the user ``require_user`` authenticated."""
+    user: User = request.user
+    return user

@@ -1,0 +1,102 @@
+"""Tables: ``orders`` and ``order_items`` (ours) and the catalog's ``products`` (theirs).
+
+Tables are declared in the placeholder schemas ``orders`` and ``catalog``; the engine's
+``schema_translate_map`` (see ``Settings.schema_translate_map``) points them at the
+configured ``DB_SCHEMA`` and ``CATALOG_SCHEMA`` at run time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from advanced_alchemy.base import CommonTableAttributes
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+USER_ID_MAX_LENGTH = 255
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(CommonTableAttributes, DeclarativeBase):
+    """Base of the tables this service owns; ``Base.metadata`` is what the migrations manage."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint("total_cents >= 0", name="total_cents_not_negative"),
+        {"schema": "orders"},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_MAX_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    total_cents: Mapped[int] = mapped_column(BigInteger)
+
+    items: Mapped[list[OrderItem]] = relationship(
+        back_populates="order",
+        lazy="raise",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+# Serves GET /orders/me: one user's orders, newest first, read in index order.
+Index(
+    "ix_orders_user_id_created_at_id",
+    Order.user_id,
+    Order.created_at.desc(),
+    Order.id.desc(),
+)
+
+
+class OrderItem(Base):
+    __tablename__ = "order_items"
+    __table_args__ = (
+        CheckConstraint("qty > 0", name="qty_positive"),
+        CheckConstraint("price_cents >= 0", name="price_cents_not_negative"),
+        {"schema": "orders"},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.orders.id", ondelete="CASCADE"), index=True)
+    product_id: Mapped[int] = mapped_column(Integer)
+    qty: Mapped[int] = mapped_column(Integer)
+    price_cents: Mapped[int] = mapped_column(Integer)
+
+    order: Mapped[Order] = relationship(back_populates="items", lazy="raise")
+
+
+class CatalogBase(CommonTableAttributes, DeclarativeBase):
+    """The catalog team's tables: read and updated here, never created or migrated by us."""
+
+    metadata = MetaData()
+
+
+class Product(CatalogBase):
+    __tablename__ = "products"
+    __table_args__ = {"schema": "catalog"}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    price_cents: Mapped[int] = mapped_column(Integer)
+    stock: Mapped[int] = mapped_column(Integer)

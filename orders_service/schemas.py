@@ -1,0 +1,44 @@
+"""Request and response bodies (msgspec Structs), validated before any SQL runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+PG_INT_MAX = 2**31 - 1
+MAX_ORDER_LINES = 100
+
+PositiveInt32 = Annotated[int, msgspec.Meta(ge=1, le=PG_INT_MAX)]
+
+
+class OrderLine(msgspec.Struct, forbid_unknown_fields=True):
+    product_id: Annotated[PositiveInt32, msgspec.Meta(description="Catalog product id.", examples=[1])]
+    qty: Annotated[PositiveInt32, msgspec.Meta(description="Units to order.", examples=[2])]
+
+
+class OrderCreate(msgspec.Struct, forbid_unknown_fields=True):
+    items: Annotated[
+        list[OrderLine],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_ORDER_LINES,
+            description="Lines with the same product_id are combined.",
+            examples=[[{"product_id": 1, "qty": 2}, {"product_id": 2, "qty": 1}]],
+        ),
+    ]
+
+
+class OrderItemRead(msgspec.Struct):
+    product_id: int
+    qty: int
+    price_cents: Annotated[int, msgspec.Meta(description="Unit price at order time.")]
+
+
+class OrderRead(msgspec.Struct):
+    id: int
+    user_id: str
+    created_at: datetime
+    total_cents: int
+    items: list[OrderItemRead]
