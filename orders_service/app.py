@@ -10,12 +10,14 @@ from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components
 
 from orders_service.config import Settings
 from orders_service.controllers.health import HealthController
 from orders_service.controllers.orders import OrderController
 from orders_service.database import sqlalchemy_config
 from orders_service.errors import OrderRejected, problem_details_plugin
+from orders_service.guards import GATEWAY_USER_SCHEME, GATEWAY_USER_SECURITY
 from orders_service.metrics import MetricsController, prometheus_config
 
 
@@ -23,7 +25,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the app for ``settings`` (default: from the environment). Opens no connection."""
     settings = settings or Settings.from_env()
     openapi = (
-        OpenAPIConfig(title="Orders service", version="0.1.0", path="/schema", render_plugins=[SwaggerRenderPlugin()])
+        OpenAPIConfig(
+            title="Orders service",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=Components(security_schemes={GATEWAY_USER_SCHEME: GATEWAY_USER_SECURITY}),
+        )
         if settings.openapi_enabled
         else None
     )

@@ -5,13 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.spec import SecurityScheme
 
 from orders_service.models import USER_ID_MAX_LENGTH
 
 USER_HEADER = "X-User"
+GATEWAY_USER_SCHEME = "GatewayUser"
+GATEWAY_USER_SECURITY = SecurityScheme(
+    type="apiKey",
+    name=USER_HEADER,
+    security_scheme_in="header",
+    description="The user the Gateway authenticated (Basic Auth), forwarded in the X-User header.",
+)
 
 
 class User(msgspec.Struct, frozen=True):
@@ -37,7 +46,6 @@ def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
         )
 
 
-def provide_user(request: Any) -> User:
+def provide_user(request: Request[User, Any, Any]) -> User:
     """Dependency: the user ``require_user`` authenticated."""
-    user: User = request.user
-    return user
+    return request.user

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Controller, MediaType, Response, get
+from litestar.di import NamedDependency
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,7 +17,9 @@ class HealthController(Controller):
     tags = ["health"]
 
     @get(operation_id="readiness", summary="Readiness: the database answers")
-    async def readiness(self, db_engine: AsyncEngine, settings: Settings) -> Response[dict[str, str]]:
+    async def readiness(
+        self, db_engine: NamedDependency[AsyncEngine], settings: NamedDependency[Settings]
+    ) -> Response[dict[str, str]]:
         """200 when the database answers within ``HEALTH_TIMEOUT`` seconds, else 503 with the reason."""
         try:
             async with asyncio.timeout(settings.health_timeout):

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 from litestar import Controller, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from orders_service.guards import USER_HEADER, User, provide_user, require_json_body, require_user
+from orders_service.guards import GATEWAY_USER_SCHEME, User, provide_user, require_json_body, require_user
 from orders_service.schemas import OrderCreate, OrderRead
 from orders_service.services import OrderService
 
 
-async def provide_order_service(db_session: AsyncSession) -> AsyncGenerator[OrderService]:
+async def provide_order_service(db_session: NamedDependency[AsyncSession]) -> AsyncGenerator[OrderService]:
     yield OrderService(db_session)
 
 
@@ -26,18 +26,18 @@ class OrderController(Controller):
         "user": Provide(provide_user, sync_to_thread=False),
         "orders": Provide(provide_order_service),
     }
-    parameters = {
-        "x_user": Parameter(
-            str, header=USER_HEADER, required=True, description="The authenticated user, set by the Gateway."
-        )
-    }
+    security = [{GATEWAY_USER_SCHEME: []}]
 
     @post(status_code=200, guards=[require_json_body], operation_id="placeOrder", summary="Place an order")
-    async def place_order(self, data: OrderCreate, user: User, orders: OrderService) -> OrderRead:
+    async def place_order(
+        self, data: JSONBody[OrderCreate], user: NamedDependency[User], orders: NamedDependency[OrderService]
+    ) -> OrderRead:
         """Reserve stock for every line and record the order, all or nothing."""
         return await orders.place_order(user.id, data.items)
 
     @get("/me", operation_id="listMyOrders", summary="List my orders")
-    async def list_my_orders(self, user: User, orders: OrderService) -> list[OrderRead]:
+    async def list_my_orders(
+        self, user: NamedDependency[User], orders: NamedDependency[OrderService]
+    ) -> list[OrderRead]:
         """The caller's orders, newest first, with their items."""
         return await orders.list_orders(user.id)

@@ -1,0 +1,197 @@
+"""POST /orders and GET /orders/me against a real PostgreSQL (app in-process)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import event
+from tests.conftest import Catalog, app_engine
+
+Client = AsyncTestClient[Litestar]
+ALICE = {"X-User": "alice"}
+
+
+async def place(client: Client, items: list[dict[str, int]], user: str = "alice") -> Any:
+    return await client.post("/orders", json={"items": items}, headers={"X-User": user})
+
+
+async def test_place_order_answers_200_with_the_order_and_reserves_stock(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, price_cents=1299, stock=10)
+    catalog.add(2, price_cents=2500, stock=5)
+
+    response = await place(client, [{"product_id": 1, "qty": 2}, {"product_id": 2, "qty": 1}])
+
+    assert response.status_code == 200
+    order = response.json()
+    assert order["user_id"] == "alice"
+    assert order["total_cents"] == 2 * 1299 + 2500
+    assert order["items"] == [
+        {"product_id": 1, "qty": 2, "price_cents": 1299},
+        {"product_id": 2, "qty": 1, "price_cents": 2500},
+    ]
+    created_at = datetime.fromisoformat(order["created_at"])
+    assert created_at.utcoffset() is not None
+    assert abs((datetime.now(UTC) - created_at).total_seconds()) < 60
+    assert (catalog.stock(1), catalog.stock(2)) == (8, 4)
+    assert (catalog.order_count(), catalog.item_count()) == (1, 2)
+
+
+async def test_duplicate_lines_are_combined_into_one_item(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, price_cents=100, stock=10)
+    response = await place(client, [{"product_id": 1, "qty": 2}, {"product_id": 1, "qty": 3}])
+    assert response.status_code == 200
+    assert response.json()["items"] == [{"product_id": 1, "qty": 5, "price_cents": 100}]
+    assert catalog.stock(1) == 5
+    assert catalog.item_count() == 1
+
+
+async def test_combined_lines_are_checked_against_stock_as_a_whole(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, stock=4)
+    response = await place(client, [{"product_id": 1, "qty": 2}, {"product_id": 1, "qty": 3}])
+    assert response.status_code == 400
+    assert response.json()["reason"] == "insufficient_stock"
+    assert catalog.stock(1) == 4
+
+
+async def test_item_keeps_the_price_of_order_time(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, price_cents=500, stock=10)
+    assert (await place(client, [{"product_id": 1, "qty": 1}])).status_code == 200
+    catalog.set_price(1, 900)
+
+    orders = (await client.get("/orders/me", headers=ALICE)).json()
+
+    assert orders[0]["items"][0]["price_cents"] == 500
+    assert orders[0]["total_cents"] == 500
+
+
+async def test_unknown_product_is_400_naming_it_and_writes_nothing(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, stock=10)
+    response = await place(
+        client, [{"product_id": 1, "qty": 1}, {"product_id": 42, "qty": 1}, {"product_id": 7, "qty": 1}]
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["reason"] == "missing_product"
+    assert body["product_ids"] == [7, 42]
+    assert "7, 42" in body["detail"]
+    assert catalog.stock(1) == 10
+    assert catalog.order_count() == 0
+
+
+async def test_insufficient_stock_rolls_back_every_line(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, stock=10)
+    catalog.add(2, stock=1)
+    catalog.add(3, stock=10)
+    response = await place(
+        client, [{"product_id": 1, "qty": 3}, {"product_id": 2, "qty": 2}, {"product_id": 3, "qty": 1}]
+    )
+    assert response.status_code == 400
+    assert response.json()["reason"] == "insufficient_stock"
+    assert response.json()["product_ids"] == [2]
+    assert (catalog.stock(1), catalog.stock(2), catalog.stock(3)) == (10, 1, 10)
+    assert (catalog.order_count(), catalog.item_count()) == (0, 0)
+
+
+async def test_stock_can_be_ordered_down_to_zero(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, stock=3)
+    assert (await place(client, [{"product_id": 1, "qty": 3}])).status_code == 200
+    assert catalog.stock(1) == 0
+    assert (await place(client, [{"product_id": 1, "qty": 1}])).status_code == 400
+
+
+async def test_total_beyond_bigint_is_rejected_without_writing(client: Client, catalog: Catalog) -> None:
+    max_int = 2**31 - 1
+    for product_id in range(1, 4):
+        catalog.add(product_id, price_cents=max_int, stock=max_int)
+    lines = [{"product_id": product_id, "qty": max_int} for product_id in range(1, 4)]
+    response = await place(client, lines)
+    assert response.status_code == 400
+    assert response.json()["reason"] == "total_too_large"
+    assert catalog.stock(1) == max_int
+    assert catalog.order_count() == 0
+
+
+async def test_missing_or_blank_user_is_401(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, stock=10)
+    body = {"items": [{"product_id": 1, "qty": 1}]}
+    for headers in ({}, {"X-User": ""}, {"X-User": "   "}):
+        response = await client.post("/orders", json=body, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["status"] == 401
+        assert "X-User" in response.json()["detail"]
+        assert (await client.get("/orders/me", headers=headers)).status_code == 401
+    assert catalog.stock(1) == 10
+
+
+async def test_user_longer_than_the_column_is_400(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, stock=10)
+    response = await place(client, [{"product_id": 1, "qty": 1}], user="u" * 256)
+    assert response.status_code == 400
+    assert "255" in response.json()["detail"]
+    assert (await place(client, [{"product_id": 1, "qty": 1}], user="u" * 255)).status_code == 200
+    assert catalog.order_count() == 1
+
+
+async def test_my_orders_are_mine_only_newest_first_with_items(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, price_cents=10, stock=100)
+    catalog.add(2, price_cents=20, stock=100)
+    first = (await place(client, [{"product_id": 1, "qty": 1}])).json()
+    await place(client, [{"product_id": 2, "qty": 1}], user="bob")
+    second = (await place(client, [{"product_id": 2, "qty": 2}, {"product_id": 1, "qty": 1}])).json()
+
+    response = await client.get("/orders/me", headers=ALICE)
+
+    assert response.status_code == 200
+    assert response.json() == [second, first]
+
+
+async def test_no_orders_is_an_empty_list(client: Client, catalog: Catalog) -> None:
+    response = await client.get("/orders/me", headers={"X-User": "nobody"})
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+async def test_listing_uses_two_queries_whatever_the_number_of_orders(
+    client: Client, catalog: Catalog, app: Litestar
+) -> None:
+    catalog.add(1, stock=100)
+    for _ in range(5):
+        await place(client, [{"product_id": 1, "qty": 1}])
+    engine = app_engine(app)
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        orders = (await client.get("/orders/me", headers=ALICE)).json()
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert len(orders) == 5
+    assert len(statements) == 2
+
+
+async def test_placing_an_order_takes_two_statements(client: Client, catalog: Catalog, app: Litestar) -> None:
+    catalog.add(1, stock=100)
+    catalog.add(2, stock=100)
+    catalog.add(3, stock=100)
+    engine = app_engine(app)
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        response = await place(client, [{"product_id": p, "qty": 1} for p in (3, 1, 2)])
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert response.status_code == 200
+    assert len(statements) == 2  # lock + read, then reserve + insert (plus BEGIN/COMMIT)
+    assert "FOR UPDATE" in statements[0]
+    assert "ORDER BY" in statements[0]
