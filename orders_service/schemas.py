@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
+from litestar.dto import MsgspecDTO
+from litestar.exceptions import ValidationException
 
 PG_INT_MAX = 2**31 - 1
 MAX_ORDER_LINES = 100
@@ -42,3 +44,28 @@ class OrderRead(msgspec.Struct):
     created_at: datetime
     total_cents: int
     items: list[OrderItemRead]
+
+
+class StrictBodyDTO[T](MsgspecDTO[T]):
+    """Decode request bodies strictly.
+
+    Litestar converts bodies leniently (``"2"`` becomes ``2``); a wrong JSON type must be a 400
+    naming the field instead. Errors keep Litestar's shape: ``{"message", "key", "source"}``.
+    """
+
+    def decode_bytes(self, value: bytes) -> T:
+        try:
+            decoded: T = msgspec.json.decode(value, type=self.model_type, strict=True)
+        except msgspec.ValidationError as exc:
+            message, _, path = str(exc).partition(" - at `$")
+            key = path.rstrip("`").lstrip(".") or "data"
+            raise ValidationException(
+                "Validation failed for the request body", extra=[{"message": message, "key": key, "source": "body"}]
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise ValidationException(f"Malformed JSON body: {exc}") from None
+        return decoded
+
+
+class OrderCreateDTO(StrictBodyDTO[OrderCreate]):
+    pass

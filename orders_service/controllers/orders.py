@@ -10,7 +10,7 @@ from litestar.params import JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orders_service.guards import GATEWAY_USER_SCHEME, User, provide_user, require_json_body, require_user
-from orders_service.schemas import OrderCreate, OrderRead
+from orders_service.schemas import OrderCreate, OrderCreateDTO, OrderRead
 from orders_service.services import OrderService
 
 
@@ -28,7 +28,14 @@ class OrderController(Controller):
     }
     security = [{GATEWAY_USER_SCHEME: []}]
 
-    @post(status_code=200, guards=[require_json_body], operation_id="placeOrder", summary="Place an order")
+    @post(
+        status_code=200,
+        guards=[require_json_body],
+        dto=OrderCreateDTO,
+        return_dto=None,
+        operation_id="placeOrder",
+        summary="Place an order",
+    )
     async def place_order(
         self, data: JSONBody[OrderCreate], user: NamedDependency[User], orders: NamedDependency[OrderService]
     ) -> OrderRead:
