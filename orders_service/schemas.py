@@ -46,7 +46,7 @@ class OrderRead(msgspec.Struct):
     items: list[OrderItemRead]
 
 
-class StrictBodyDTO[T](MsgspecDTO[T]):
+class StrictBodyDTO[T: msgspec.Struct](MsgspecDTO[T]):
     """Decode request bodies strictly.
 
     Litestar converts bodies leniently (``"2"`` becomes ``2``); a wrong JSON type must be a 400

@@ -1,4 +1,4 @@
-"""Fixtures: a real PostgreSQL, the migrated schema, a clean catalog per test, and the app in-process or under Granian."""
+"""Fixtures: a real PostgreSQL, the migrated schema, a clean catalog per test, the app in-process or under Granian."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import event
+
 from tests.conftest import Catalog, app_engine
 
 Client = AsyncTestClient[Litestar]

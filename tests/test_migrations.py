@@ -1,0 +1,109 @@
+"""Alembic migrations: agree with the models, honour DB_SCHEMA/CATALOG_SCHEMA, downgrade to base."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from litestar.testing import AsyncTestClient
+from sqlalchemy import create_engine, inspect, text
+
+from orders_service import migrate
+from orders_service.app import create_app
+from orders_service.catalog import create_products_table
+from orders_service.config import Settings
+from orders_service.migrate import PROJECT_ROOT
+from tests.database import scratch_database
+
+
+@pytest.fixture
+def custom_schemas(server: Settings) -> Iterator[Settings]:
+    """A fresh database whose settings use non-default schema names, catalog created, nothing migrated."""
+    with scratch_database(server) as settings:
+        custom = Settings.from_env({**settings.as_env(), "DB_SCHEMA": "shop_orders", "CATALOG_SCHEMA": "shop_catalog"})
+        engine = create_engine(custom.database_url)
+        with engine.begin() as connection:
+            create_products_table(connection, custom)
+            connection.execute(text("INSERT INTO shop_catalog.products VALUES (1, 250, 10), (2, 100, 3)"))
+        engine.dispose()
+        yield custom
+
+
+def test_models_and_migrations_agree(settings: Settings) -> None:
+    command.check(migrate.alembic_config(settings))  # raises when autogenerate finds a difference
+
+
+async def test_everything_runs_with_non_default_schema_names(custom_schemas: Settings) -> None:
+    migrate.upgrade(custom_schemas)
+    command.check(migrate.alembic_config(custom_schemas))
+    engine = create_engine(custom_schemas.database_url)
+    tables = {
+        (schema, table) for schema in ("orders", "shop_orders") for table in inspect(engine).get_table_names(schema)
+    }
+    assert tables == {("shop_orders", "orders"), ("shop_orders", "order_items"), ("shop_orders", "alembic_version")}
+
+    async with AsyncTestClient(app=create_app(custom_schemas)) as client:
+        placed = await client.post(
+            "/orders",
+            json={"items": [{"product_id": 1, "qty": 2}, {"product_id": 2, "qty": 3}]},
+            headers={"X-User": "a"},
+        )
+        short = await client.post("/orders", json={"items": [{"product_id": 2, "qty": 1}]}, headers={"X-User": "a"})
+        listed = await client.get("/orders/me", headers={"X-User": "a"})
+    assert placed.status_code == 200
+    assert short.status_code == 400
+    assert listed.json() == [placed.json()]
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT stock FROM shop_catalog.products ORDER BY id")).scalars().all() == [8, 0]
+        assert connection.execute(text("SELECT count(*) FROM shop_orders.order_items")).scalar_one() == 2
+    engine.dispose()
+
+
+def test_downgrade_to_base_and_upgrade_again(custom_schemas: Settings) -> None:
+    migrate.upgrade(custom_schemas)
+    migrate.downgrade(custom_schemas, "base")
+    engine = create_engine(custom_schemas.database_url)
+    assert set(inspect(engine).get_table_names("shop_orders")) == {"alembic_version"}
+    assert inspect(engine).get_table_names("shop_catalog") == ["products"]
+    migrate.upgrade(custom_schemas)
+    assert set(inspect(engine).get_table_names("shop_orders")) == {"alembic_version", "orders", "order_items"}
+    engine.dispose()
+
+
+def test_deleting_an_order_cascades_to_its_items(settings: Settings) -> None:
+    engine = create_engine(settings.database_url)
+    schema = settings.db_schema
+    with engine.begin() as connection:
+        order_id = connection.execute(
+            text(f"INSERT INTO {schema}.orders (user_id, total_cents) VALUES ('cascade', 5) RETURNING id")
+        ).scalar_one()
+        connection.execute(
+            text(f"INSERT INTO {schema}.order_items (order_id, product_id, qty, price_cents) VALUES (:o, 1, 1, 5)"),
+            {"o": order_id},
+        )
+        connection.execute(text(f"DELETE FROM {schema}.orders WHERE id = :o"), {"o": order_id})
+        remaining = connection.execute(
+            text(f"SELECT count(*) FROM {schema}.order_items WHERE order_id = :o"), {"o": order_id}
+        ).scalar_one()
+    engine.dispose()
+    assert remaining == 0
+
+
+@pytest.mark.parametrize(
+    "cli",
+    [
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        [sys.executable, "-m", "litestar", "--app", "orders_service.app:app", "database", "upgrade", "--no-prompt"],
+    ],
+    ids=["alembic", "litestar database"],
+)
+def test_command_line_upgrades_use_the_environment(custom_schemas: Settings, cli: list[str]) -> None:
+    env = {**os.environ, **custom_schemas.as_env()}
+    subprocess.run(cli, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True, timeout=120)
+    engine = create_engine(custom_schemas.database_url)
+    assert set(inspect(engine).get_table_names("shop_orders")) == {"alembic_version", "orders", "order_items"}
+    engine.dispose()
