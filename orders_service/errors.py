@@ -36,12 +36,24 @@ class OrderRejected(Exception):
         self.detail = detail
 
 
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was already used by this user for a different order request."""
+
+    detail = "this Idempotency-Key was already used with a different request body; use a new key for a new order"
+
+
 def _order_rejected(exc: OrderRejected) -> ProblemDetailsException:
     return ProblemDetailsException(
         status_code=HTTPStatus.BAD_REQUEST,
         title="Order rejected",
         detail=exc.detail,
         extra={"reason": exc.reason, "product_ids": exc.product_ids},
+    )
+
+
+def _idempotency_key_reused(exc: IdempotencyKeyReused) -> ProblemDetailsException:
+    return ProblemDetailsException(
+        status_code=HTTPStatus.UNPROCESSABLE_ENTITY, title="Idempotency-Key reused", detail=exc.detail
     )
 
 
@@ -76,6 +88,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
         ProblemDetailsConfig(
             exception_to_problem_detail_map={
                 OrderRejected: _order_rejected,
+                IdempotencyKeyReused: _idempotency_key_reused,
                 HTTPException: _http_exception,
                 OperationalError: _database_unavailable,
                 InterfaceError: _database_unavailable,

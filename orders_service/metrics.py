@@ -25,6 +25,7 @@ HTTP_REQUEST_DURATION = Histogram(
     "http_request_duration_seconds", "HTTP request duration in seconds.", ["service", "path", "method"]
 )
 ORDERS_CREATED = Counter("orders_created_total", "Orders placed.")
+ORDERS_CANCELLED = Counter("orders_cancelled_total", "Orders cancelled (stock put back).")
 ORDER_CREATE_FAILURES = Counter("order_create_failures_total", "Orders rejected, by reason.", ["reason"])
 for _reason in get_args(RejectionReason):
     ORDER_CREATE_FAILURES.labels(reason=_reason)

@@ -8,6 +8,7 @@ configured ``DB_SCHEMA`` and ``CATALOG_SCHEMA`` at run time.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from advanced_alchemy.base import CommonTableAttributes
 from sqlalchemy import (
@@ -25,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 USER_ID_MAX_LENGTH = 255
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+OrderStatus = Literal["placed", "cancelled"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -45,6 +48,8 @@ class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
         CheckConstraint("total_cents >= 0", name="total_cents_not_negative"),
+        CheckConstraint("status IN ('placed', 'cancelled')", name="status_known"),
+        CheckConstraint("(status = 'cancelled') = (cancelled_at IS NOT NULL)", name="cancelled_at_iff_cancelled"),
         {"schema": "orders"},
     )
 
@@ -52,6 +57,8 @@ class Order(Base):
     user_id: Mapped[str] = mapped_column(String(USER_ID_MAX_LENGTH))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     total_cents: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), server_default="placed")
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     items: Mapped[list[OrderItem]] = relationship(
         back_populates="order",
@@ -85,6 +92,23 @@ class OrderItem(Base):
     price_cents: Mapped[int] = mapped_column(Integer)
 
     order: Mapped[Order] = relationship(back_populates="items", lazy="raise")
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key``, scoped to its user, remembering the order it created.
+
+    Inserted in the order's transaction, so a key exists only for an order that exists; deleting
+    keys (purging old ones) never touches orders, deleting an order deletes its key.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = {"schema": "orders"}
+
+    user_id: Mapped[str] = mapped_column(String(USER_ID_MAX_LENGTH), primary_key=True)
+    key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX_LENGTH), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.orders.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
 class CatalogBase(CommonTableAttributes, DeclarativeBase):

@@ -5,19 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import Integer, Table, any_, bindparam, func, insert, select, true, update
+from sqlalchemy import Integer, Row, Table, any_, bindparam, delete, func, insert, literal, select, true, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql import Select
 
-from orders_service.models import Order, OrderItem, Product
+from orders_service.models import IdempotencyKey, Order, OrderItem, Product
 from orders_service.schemas import OrderItemRead, OrderRead
 
 _orders = cast("Table", Order.__table__)
 _items = cast("Table", OrderItem.__table__)
+_keys = cast("Table", IdempotencyKey.__table__)
 _products = cast("Table", Product.__table__)
+
+_ORDER_COLUMNS = (
+    _orders.c.id,
+    _orders.c.user_id,
+    _orders.c.created_at,
+    _orders.c.total_cents,
+    _orders.c.status,
+    _orders.c.cancelled_at,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +45,12 @@ class ReservedLine:
     price_cents: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    request_hash: str
+    order_id: int | None
+
+
 _lock_products = (
     select(_products.c.id, _products.c.price_cents, _products.c.stock)
     .where(_products.c.id == any_(bindparam("ids", type_=ARRAY(Integer))))
@@ -43,12 +60,12 @@ _lock_products = (
 
 
 def _build_place_order() -> Select[tuple[int, datetime, int]]:
-    """One statement that reserves stock, inserts the order and inserts its items.
+    """One statement that reserves stock, inserts the order and its items, and ties the idempotency key to it.
 
     Data-modifying CTEs all run, in one snapshot, whether or not the final SELECT reads them.
     The products' rows are already locked by ``lock_products``, so the guarded UPDATE cannot
     fail here unless the catalog's rows changed under a lock we hold (it reports how many rows
-    it reserved so the caller can verify).
+    it reserved so the caller can verify). With no idempotency key the key UPDATE matches nothing.
     """
     lines = (
         func.unnest(
@@ -68,10 +85,7 @@ def _build_place_order() -> Select[tuple[int, datetime, int]]:
     )
     new_order = (
         insert(_orders)
-        .values(
-            user_id=bindparam("user_id"),
-            total_cents=bindparam("total_cents", type_=BIGINT),
-        )
+        .values(user_id=bindparam("owner"), total_cents=bindparam("total_cents", type_=BIGINT))
         .returning(_orders.c.id, _orders.c.created_at)
         .cte("new_order")
     )
@@ -86,15 +100,69 @@ def _build_place_order() -> Select[tuple[int, datetime, int]]:
         )
         .cte("new_items")
     )
+    key_to_order = (
+        update(_keys)
+        .where(_keys.c.user_id == bindparam("owner"), _keys.c.key == bindparam("idempotency_key"))
+        .values(order_id=select(new_order.c.id).scalar_subquery())
+        .cte("key_to_order")
+    )
     reserved_count = select(func.count()).select_from(reserved).scalar_subquery()
-    return select(new_order.c.id, new_order.c.created_at, reserved_count.label("reserved")).add_cte(new_items)
+    return (
+        select(new_order.c.id, new_order.c.created_at, reserved_count.label("reserved"))
+        .add_cte(new_items)
+        .add_cte(key_to_order)
+    )
+
+
+def _build_cancel_order() -> Select[tuple[datetime]]:
+    """One statement that puts an order's units back in stock and marks it cancelled."""
+    restocked = (
+        update(_products)
+        .where(_products.c.id == _items.c.product_id, _items.c.order_id == bindparam("order_id"))
+        .values(stock=_products.c.stock + _items.c.qty)
+        .returning(_products.c.id)
+        .cte("restocked")
+    )
+    cancelled = (
+        update(_orders)
+        .where(_orders.c.id == bindparam("order_id"))
+        .values(status="cancelled", cancelled_at=func.now())
+        .returning(_orders.c.cancelled_at)
+        .cte("cancelled")
+    )
+    return select(cancelled.c.cancelled_at).add_cte(restocked)
 
 
 _place_order = _build_place_order()
+_cancel_order = _build_cancel_order()
+
+_lock_order = (
+    select(_orders.c.status)
+    .where(_orders.c.id == bindparam("order_id"), _orders.c.user_id == bindparam("user_id"))
+    .with_for_update()
+)
+
+_lock_products_of_order = (
+    select(_products.c.id)
+    .where(_products.c.id.in_(select(_items.c.product_id).where(_items.c.order_id == bindparam("order_id"))))
+    .order_by(_products.c.id)
+    .with_for_update()
+)
+
+_claim_key = (
+    pg_insert(_keys)
+    .values(user_id=bindparam("user_id"), key=bindparam("key"), request_hash=bindparam("request_hash"))
+    .on_conflict_do_nothing(index_elements=[_keys.c.user_id, _keys.c.key])
+    .returning(literal(True))
+)
+
+_stored_key = select(_keys.c.request_hash, _keys.c.order_id).where(
+    _keys.c.user_id == bindparam("user_id"), _keys.c.key == bindparam("key")
+)
 
 
 class ProductRepository(SQLAlchemyAsyncRepository[Product]):
-    """The catalog's products: locked and decremented, never created."""
+    """The catalog's products: locked, decremented and restocked, never created."""
 
     model_type = Product
 
@@ -107,14 +175,40 @@ class ProductRepository(SQLAlchemyAsyncRepository[Product]):
         result = await self.session.execute(_lock_products, {"ids": list(product_ids)})
         return {row.id: LockedProduct(row.id, row.price_cents, row.stock) for row in result}
 
+    async def lock_products_of_order(self, order_id: int) -> None:
+        """Lock the order's products in ascending id order: the same order as ``lock_products``."""
+        await self.session.execute(_lock_products_of_order, {"order_id": order_id})
+
+
+class IdempotencyKeyRepository(SQLAlchemyAsyncRepository[IdempotencyKey]):
+    model_type = IdempotencyKey
+
+    async def claim_key(self, user_id: str, key: str, request_hash: str) -> StoredKey | None:
+        """Insert the key in this transaction, or return the one another request stored first.
+
+        A concurrent request holding the same key makes the INSERT wait until it commits
+        (then the key is returned) or rolls back (then this request claims it). The lookup
+        is a separate statement so that it sees the row committed while the INSERT waited.
+        """
+        params = {"user_id": user_id, "key": key, "request_hash": request_hash}
+        if (await self.session.execute(_claim_key, params)).first() is not None:
+            return None
+        row = (await self.session.execute(_stored_key, params)).one()
+        return StoredKey(row.request_hash, row.order_id)
+
+    async def delete_older_than(self, cutoff: datetime) -> int:
+        """Delete keys created before ``cutoff``; orders are untouched. Returns how many were deleted."""
+        result = await self.session.execute(delete(_keys).where(_keys.c.created_at < cutoff))
+        return cast("int", result.rowcount)  # type: ignore[attr-defined]
+
 
 class OrderRepository(SQLAlchemyAsyncRepository[Order]):
     model_type = Order
 
     async def insert_order_reserving_stock(
-        self, user_id: str, lines: Sequence[ReservedLine], total_cents: int
+        self, user_id: str, lines: Sequence[ReservedLine], total_cents: int, idempotency_key: str | None
     ) -> tuple[int, datetime, int]:
-        """Decrement stock for ``lines`` and insert the order with its items, in one round trip.
+        """Decrement stock for ``lines``, insert the order with its items and link the key, in one round trip.
 
         Returns the new order's id, its ``created_at`` and how many product rows were reserved.
         """
@@ -122,27 +216,46 @@ class OrderRepository(SQLAlchemyAsyncRepository[Order]):
             "product_ids": [line.product_id for line in lines],
             "qtys": [line.qty for line in lines],
             "prices": [line.price_cents for line in lines],
-            "user_id": user_id,
+            "owner": user_id,  # not "user_id": an UPDATE would add parameters named like columns to its SET
             "total_cents": total_cents,
+            "idempotency_key": idempotency_key,
         }
         row = (await self.session.execute(_place_order, params)).one()
         return row.id, row.created_at, row.reserved
 
-    async def list_for_user(self, user_id: str, limit: int | None = None) -> list[OrderRead]:
-        """The user's orders, newest first, with their items (two queries, never one per order)."""
+    async def lock_order(self, user_id: str, order_id: int) -> str | None:
+        """Lock the user's order row and return its status (None when the user has no such order)."""
+        row = (await self.session.execute(_lock_order, {"order_id": order_id, "user_id": user_id})).first()
+        return None if row is None else str(row.status)
+
+    async def cancel_order_restocking(self, order_id: int) -> datetime:
+        """Put the order's units back in stock and mark it cancelled; its products must be locked."""
+        return cast("datetime", (await self.session.execute(_cancel_order, {"order_id": order_id})).scalar_one())
+
+    async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
+        """The user's order with its items, or None (whether it is missing or someone else's)."""
+        query = select(*_ORDER_COLUMNS).where(_orders.c.id == order_id, _orders.c.user_id == user_id)
+        orders = await self._with_items((await self.session.execute(query)).all())
+        return orders[0] if orders else None
+
+    async def list_for_user(
+        self, user_id: str, limit: int, before: tuple[datetime, int] | None = None
+    ) -> list[OrderRead]:
+        """Up to ``limit`` of the user's orders, newest first, older than ``before`` (keyset pagination).
+
+        Two queries whatever the page size; the first reads ``ix_orders_user_id_created_at_id`` in order.
+        """
         query = (
-            select(
-                _orders.c.id,
-                _orders.c.user_id,
-                _orders.c.created_at,
-                _orders.c.total_cents,
-            )
+            select(*_ORDER_COLUMNS)
             .where(_orders.c.user_id == user_id)
             .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
+            .limit(limit)
         )
-        if limit is not None:
-            query = query.limit(limit)
-        orders = (await self.session.execute(query)).all()
+        if before is not None:
+            query = query.where(tuple_(_orders.c.created_at, _orders.c.id) < tuple_(*before))
+        return await self._with_items((await self.session.execute(query)).all())
+
+    async def _with_items(self, orders: Sequence[Row[Any, Any, Any, Any, Any, Any]]) -> list[OrderRead]:
         if not orders:
             return []
         items_by_order = await self._items_by_order([order.id for order in orders])
@@ -152,6 +265,8 @@ class OrderRepository(SQLAlchemyAsyncRepository[Order]):
                 user_id=order.user_id,
                 created_at=order.created_at,
                 total_cents=order.total_cents,
+                status=order.status,
+                cancelled_at=order.cancelled_at,
                 items=items_by_order.get(order.id, []),
             )
             for order in orders
@@ -159,12 +274,7 @@ class OrderRepository(SQLAlchemyAsyncRepository[Order]):
 
     async def _items_by_order(self, order_ids: list[int]) -> dict[int, list[OrderItemRead]]:
         query = (
-            select(
-                _items.c.order_id,
-                _items.c.product_id,
-                _items.c.qty,
-                _items.c.price_cents,
-            )
+            select(_items.c.order_id, _items.c.product_id, _items.c.qty, _items.c.price_cents)
             .where(_items.c.order_id == any_(bindparam("order_ids", type_=ARRAY(BIGINT))))
             .order_by(_items.c.order_id, _items.c.id)
         )

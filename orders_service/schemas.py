@@ -9,6 +9,9 @@ import msgspec
 from litestar.dto import MsgspecDTO
 from litestar.exceptions import ValidationException
 
+from orders_service.errors import RejectionReason
+from orders_service.models import OrderStatus
+
 PG_INT_MAX = 2**31 - 1
 MAX_ORDER_LINES = 100
 
@@ -41,9 +44,33 @@ class OrderItemRead(msgspec.Struct):
 class OrderRead(msgspec.Struct):
     id: int
     user_id: str
-    created_at: datetime
-    total_cents: int
+    created_at: Annotated[datetime, msgspec.Meta(description="When the order was placed (UTC).")]
+    total_cents: Annotated[int, msgspec.Meta(description="Sum of qty x price_cents over the items.")]
+    status: OrderStatus
+    cancelled_at: Annotated[datetime | None, msgspec.Meta(description="When the order was cancelled (UTC).")]
     items: list[OrderItemRead]
+
+
+class ValidationErrorDetail(msgspec.Struct):
+    message: str
+    key: str
+    source: str
+
+
+class ProblemDetails(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details: the body of every error response."""
+
+    status: int
+    title: str
+    detail: str
+    reason: Annotated[
+        RejectionReason | None,
+        msgspec.Meta(description="Why an order was rejected (400 from POST /orders)."),
+    ] = None
+    product_ids: Annotated[list[int] | None, msgspec.Meta(description="The products that caused the rejection.")] = None
+    errors: Annotated[
+        list[ValidationErrorDetail] | None, msgspec.Meta(description="Each invalid field (400 validation errors).")
+    ] = None
 
 
 class StrictBodyDTO[T: msgspec.Struct](MsgspecDTO[T]):

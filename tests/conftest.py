@@ -48,7 +48,11 @@ def engine(settings: Settings) -> Iterator[Engine]:
 def catalog(engine: Engine, settings: Settings) -> Catalog:
     """Empty orders and products tables; use ``catalog.stock(...)`` to add products."""
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {settings.db_schema}.orders, {settings.db_schema}.order_items"))
+        connection.execute(
+            text(
+                f"TRUNCATE {settings.db_schema}.orders, {settings.db_schema}.order_items, {settings.db_schema}.idempotency_keys"
+            )
+        )
         connection.execute(text(f"TRUNCATE {settings.catalog_schema}.products"))
     return Catalog(engine, settings)
 

@@ -19,6 +19,8 @@ from orders_service.config import Settings
 from orders_service.migrate import PROJECT_ROOT
 from tests.database import scratch_database
 
+OUR_TABLES = {"alembic_version", "orders", "order_items", "idempotency_keys"}
+
 
 @pytest.fixture
 def custom_schemas(server: Settings) -> Iterator[Settings]:
@@ -44,7 +46,7 @@ async def test_everything_runs_with_non_default_schema_names(custom_schemas: Set
     tables = {
         (schema, table) for schema in ("orders", "shop_orders") for table in inspect(engine).get_table_names(schema)
     }
-    assert tables == {("shop_orders", "orders"), ("shop_orders", "order_items"), ("shop_orders", "alembic_version")}
+    assert tables == {("shop_orders", table) for table in OUR_TABLES}
 
     async with AsyncTestClient(app=create_app(custom_schemas)) as client:
         placed = await client.post(
@@ -65,12 +67,15 @@ async def test_everything_runs_with_non_default_schema_names(custom_schemas: Set
 
 def test_downgrade_to_base_and_upgrade_again(custom_schemas: Settings) -> None:
     migrate.upgrade(custom_schemas)
-    migrate.downgrade(custom_schemas, "base")
+    migrate.downgrade(custom_schemas, "0001")
     engine = create_engine(custom_schemas.database_url)
+    assert "status" not in {column["name"] for column in inspect(engine).get_columns("orders", "shop_orders")}
+    migrate.upgrade(custom_schemas)
+    migrate.downgrade(custom_schemas, "base")
     assert set(inspect(engine).get_table_names("shop_orders")) == {"alembic_version"}
     assert inspect(engine).get_table_names("shop_catalog") == ["products"]
     migrate.upgrade(custom_schemas)
-    assert set(inspect(engine).get_table_names("shop_orders")) == {"alembic_version", "orders", "order_items"}
+    assert set(inspect(engine).get_table_names("shop_orders")) == OUR_TABLES
     engine.dispose()
 
 
@@ -105,5 +110,5 @@ def test_command_line_upgrades_use_the_environment(custom_schemas: Settings, cli
     env = {**os.environ, **custom_schemas.as_env()}
     subprocess.run(cli, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True, timeout=120)
     engine = create_engine(custom_schemas.database_url)
-    assert set(inspect(engine).get_table_names("shop_orders")) == {"alembic_version", "orders", "order_items"}
+    assert set(inspect(engine).get_table_names("shop_orders")) == OUR_TABLES
     engine.dispose()

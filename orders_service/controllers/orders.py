@@ -1,17 +1,52 @@
-"""``/orders``: place an order, list the caller's orders."""
+"""``/orders``: place, list, read and cancel the caller's orders."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import NamedDependency, Provide
-from litestar.params import JSONBody
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from orders_service.cursor import MAX_CURSOR_LENGTH
 from orders_service.guards import GATEWAY_USER_SCHEME, User, provide_user, require_json_body, require_user
-from orders_service.schemas import OrderCreate, OrderCreateDTO, OrderRead
+from orders_service.models import IDEMPOTENCY_KEY_MAX_LENGTH
+from orders_service.schemas import OrderCreate, OrderCreateDTO, OrderRead, ProblemDetails
 from orders_service.services import OrderService
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+REPLAY_HEADER = "Idempotent-Replayed"
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+        pattern=r"^[\x20-\x7e]+$",
+        description=(
+            "Makes retries safe: the first request with a key places the order, a retry with the same key "
+            "and body returns that order (header Idempotent-Replayed: true) without reserving again. "
+            "Scoped to the X-User; 1-255 printable ASCII characters; kept at least 24 hours."
+        ),
+    ),
+]
+OrderId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The order's id.")]
+
+
+def _problem(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ProblemDetails, description=description, media_type="application/problem+json")
+
+
+COMMON_ERRORS = {
+    401: _problem("X-User missing or blank."),
+    503: _problem("The database is unavailable; nothing was written. Retry later."),
+}
 
 
 async def provide_order_service(db_session: NamedDependency[AsyncSession]) -> AsyncGenerator[OrderService]:
@@ -22,11 +57,11 @@ class OrderController(Controller):
     path = "/orders"
     tags = ["orders"]
     guards = [require_user]
+    security = [{GATEWAY_USER_SCHEME: []}]
     dependencies = {
         "user": Provide(provide_user, sync_to_thread=False),
         "orders": Provide(provide_order_service),
     }
-    security = [{GATEWAY_USER_SCHEME: []}]
 
     @post(
         status_code=200,
@@ -35,16 +70,108 @@ class OrderController(Controller):
         return_dto=None,
         operation_id="placeOrder",
         summary="Place an order",
+        response_headers=[
+            ResponseHeader(
+                name=REPLAY_HEADER,
+                description="`true` when this response replays the order an earlier request with the same "
+                "Idempotency-Key placed.",
+                documentation_only=True,
+                required=False,
+            )
+        ],
+        responses={
+            400: _problem(
+                "Unknown product(s) (`reason: missing_product`), insufficient stock (`insufficient_stock`), "
+                "a total beyond bigint (`total_too_large`), an invalid body (`errors`), malformed JSON, "
+                "or a bad X-User / Idempotency-Key header."
+            ),
+            415: _problem("The body is not declared as application/json."),
+            422: _problem("The Idempotency-Key was already used with a different body."),
+            **COMMON_ERRORS,
+        },
     )
     async def place_order(
-        self, data: JSONBody[OrderCreate], user: NamedDependency[User], orders: NamedDependency[OrderService]
-    ) -> OrderRead:
-        """Reserve stock for every line and record the order, all or nothing."""
-        return await orders.place_order(user.id, data.items)
+        self,
+        data: JSONBody[OrderCreate],
+        user: NamedDependency[User],
+        orders: NamedDependency[OrderService],
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Response[OrderRead]:
+        """Reserve stock for every line and record the order, all or nothing.
 
-    @get("/me", operation_id="listMyOrders", summary="List my orders")
+        Lines with the same `product_id` are combined. Each item keeps the product's price at order time.
+        """
+        order, replayed = await orders.place_order(user.id, data.items, idempotency_key)
+        return Response(order, headers={REPLAY_HEADER: "true"} if replayed else None)
+
+    @get(
+        "/me",
+        operation_id="listMyOrders",
+        summary="List my orders",
+        response_headers=[
+            ResponseHeader(
+                name="Link",
+                description='`<…/orders/me?limit=…&cursor=…>; rel="next"` (RFC 8288) when there is a next page.',
+                documentation_only=True,
+                required=False,
+            )
+        ],
+        responses={400: _problem("Bad `limit` or `cursor`, or a bad X-User header."), **COMMON_ERRORS},
+    )
     async def list_my_orders(
-        self, user: NamedDependency[User], orders: NamedDependency[OrderService]
-    ) -> list[OrderRead]:
-        """The caller's orders, newest first, with their items."""
-        return await orders.list_orders(user.id)
+        self,
+        request: Request[User, None, State],
+        user: NamedDependency[User],
+        orders: NamedDependency[OrderService],
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="Orders per page (1-200).")
+        ] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[
+            str | None,
+            QueryParameter(
+                min_length=1,
+                max_length=MAX_CURSOR_LENGTH,
+                description='Opaque position of the next page, from the `Link: rel="next"` header.',
+            ),
+        ] = None,
+    ) -> Response[list[OrderRead]]:
+        """The caller's orders, newest first, with their items, one page at a time (keyset pagination)."""
+        page, next_cursor = await orders.list_orders(user.id, limit, cursor)
+        headers = None
+        if next_cursor is not None:
+            next_url = request.url.with_replacements(query=f"limit={limit}&cursor={next_cursor}")
+            headers = {"Link": f'<{next_url}>; rel="next"'}
+        return Response(page, headers=headers)
+
+    @get(
+        "/{order_id:int}",
+        operation_id="getOrder",
+        summary="Get one of my orders",
+        responses={
+            400: _problem("Bad order id or X-User header."),
+            404: _problem("No such order for this user (missing or someone else's)."),
+            **COMMON_ERRORS,
+        },
+    )
+    async def get_order(
+        self, order_id: OrderId, user: NamedDependency[User], orders: NamedDependency[OrderService]
+    ) -> OrderRead:
+        """The caller's order with its items."""
+        return await orders.get_order(user.id, order_id)
+
+    @post(
+        "/{order_id:int}/cancel",
+        status_code=200,
+        operation_id="cancelOrder",
+        summary="Cancel one of my orders",
+        responses={
+            400: _problem("Bad order id or X-User header."),
+            404: _problem("No such order for this user (missing or someone else's)."),
+            **COMMON_ERRORS,
+        },
+    )
+    async def cancel_order(
+        self, order_id: OrderId, user: NamedDependency[User], orders: NamedDependency[OrderService]
+    ) -> OrderRead:
+        """Cancel a placed order and put its units back in stock. Cancelling a cancelled order changes nothing."""
+        return await orders.cancel_order(user.id, order_id)
