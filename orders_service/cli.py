@@ -1,8 +1,9 @@
-"""``orders-service``: ``serve`` (production, Granian) and ``dev`` (one-command local run)."""
+"""``orders-service``: ``serve`` (production, Granian), ``dev`` (one-command local run), ``purge-idempotency-keys``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ logger = logging.getLogger("orders_service")
 APP_TARGET = "orders_service.app:app"
 DB_ENV_VARS = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASS")
 DEV_DATA_DIR = Path(".devdb") / "pgdata"
+MIN_KEY_RETENTION_HOURS = 24
 
 
 def prepare_metrics_dir() -> Path:
@@ -71,18 +73,56 @@ def dev() -> None:
     serve(settings)
 
 
+def purge_idempotency_keys(settings: Settings, older_than_hours: int) -> int:
+    """Delete idempotency keys older than ``older_than_hours`` (at least 24); orders stay. Returns the count."""
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
+
+    from orders_service.database import sqlalchemy_config  # noqa: PLC0415
+    from orders_service.repositories import IdempotencyKeyRepository  # noqa: PLC0415
+
+    cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+
+    async def purge() -> int:
+        engine = sqlalchemy_config(settings).get_engine()
+        try:
+            async with AsyncSession(engine) as session:
+                deleted = await IdempotencyKeyRepository(session=session).delete_older_than(cutoff)
+                await session.commit()
+                return deleted
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(purge())
+
+
+def _at_least_24(value: str) -> int:
+    hours = int(value)
+    if hours < MIN_KEY_RETENTION_HOURS:
+        raise argparse.ArgumentTypeError(f"keys are kept at least {MIN_KEY_RETENTION_HOURS} hours")
+    return hours
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="orders-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve with Granian (production; configured by environment variables)")
     commands.add_parser("dev", help="run locally on an embedded PostgreSQL unless DB_* is set")
+    purge = commands.add_parser("purge-idempotency-keys", help="delete old idempotency keys (orders stay)")
+    purge.add_argument(
+        "--older-than-hours", type=_at_least_24, default=MIN_KEY_RETENTION_HOURS, help="default and minimum: 24"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
             serve(Settings.from_env())
-        else:
+        elif args.command == "dev":
             dev()
+        else:
+            deleted = purge_idempotency_keys(Settings.from_env(), args.older_than_hours)
+            print(f"deleted {deleted} idempotency key(s) older than {args.older_than_hours} hours")
     except ConfigError as exc:
         print(f"orders-service: {exc}", file=sys.stderr)
         return 2

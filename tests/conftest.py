@@ -18,6 +18,8 @@ from orders_service.config import Settings
 from tests.database import postgres_server, scratch_database
 from tests.granian import GranianServer, start_granian
 
+OUR_TABLES = ("orders", "order_items", "idempotency_keys")
+
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Settings]:
@@ -48,11 +50,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
 def catalog(engine: Engine, settings: Settings) -> Catalog:
     """Empty orders and products tables; use ``catalog.stock(...)`` to add products."""
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                f"TRUNCATE {settings.db_schema}.orders, {settings.db_schema}.order_items, {settings.db_schema}.idempotency_keys"
-            )
-        )
+        connection.execute(text(f"TRUNCATE {', '.join(f'{settings.db_schema}.{table}' for table in OUR_TABLES)}"))
         connection.execute(text(f"TRUNCATE {settings.catalog_schema}.products"))
     return Catalog(engine, settings)
 
