@@ -40,7 +40,8 @@ def next_url(response: httpx.Response) -> str | None:
 
 
 async def walk(client: Client | httpx.AsyncClient, first_url: str, user: str = "alice") -> list[list[Any]]:
-    pages, url = [], first_url
+    pages: list[list[Any]] = []
+    url: str | None = first_url
     while url is not None:
         response = await client.get(url, headers={"X-User": user})
         assert response.status_code == 200, response.text

@@ -95,7 +95,7 @@ async def test_without_a_key_every_request_is_a_new_order(client: Client, catalo
 async def test_malformed_key_is_400_and_writes_nothing(client: Client, catalog: Catalog, key: str) -> None:
     catalog.add(1, stock=10)
     response = await client.post(
-        "/orders", json={"items": LINES}, headers=[("X-User", "alice"), ("Idempotency-Key", key.encode())]
+        "/orders", json={"items": LINES}, headers=[(b"X-User", b"alice"), (b"Idempotency-Key", key.encode())]
     )
     assert response.status_code == 400
     assert response.json()["errors"][0]["key"] == "idempotency_key"
