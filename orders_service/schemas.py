@@ -6,8 +6,11 @@ from datetime import datetime
 from typing import Annotated
 
 import msgspec
+from litestar._openapi.schema_generation import SchemaCreator
 from litestar.dto import MsgspecDTO
 from litestar.exceptions import ValidationException
+from litestar.openapi.spec import Reference, Schema
+from litestar.typing import FieldDefinition
 
 from orders_service.errors import RejectionReason
 from orders_service.models import OrderStatus
@@ -19,11 +22,15 @@ PositiveInt32 = Annotated[int, msgspec.Meta(ge=1, le=PG_INT_MAX)]
 
 
 class OrderLine(msgspec.Struct, forbid_unknown_fields=True):
+    """One line of an order; unknown fields are rejected."""
+
     product_id: Annotated[PositiveInt32, msgspec.Meta(description="Catalog product id.", examples=[1])]
     qty: Annotated[PositiveInt32, msgspec.Meta(description="Units to order.", examples=[2])]
 
 
 class OrderCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """An order request; unknown fields are rejected, numbers must be JSON integers."""
+
     items: Annotated[
         list[OrderLine],
         msgspec.Meta(
@@ -92,6 +99,13 @@ class StrictBodyDTO[T: msgspec.Struct](MsgspecDTO[T]):
         except msgspec.DecodeError as exc:
             raise ValidationException(f"Malformed JSON body: {exc}") from None
         return decoded
+
+    @classmethod
+    def create_openapi_schema(
+        cls, field_definition: FieldDefinition, handler_id: str, schema_creator: SchemaCreator
+    ) -> Reference | Schema:
+        """Document the Struct itself (with its length limits), not a generated transfer model."""
+        return schema_creator.for_field_definition(FieldDefinition.from_annotation(cls.model_type))
 
 
 class OrderCreateDTO(StrictBodyDTO[OrderCreate]):

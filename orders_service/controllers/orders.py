@@ -36,7 +36,8 @@ IdempotencyKeyHeader = Annotated[
         ),
     ),
 ]
-OrderId = Annotated[int, PathParameter(ge=1, le=2**63 - 1, description="The order's id.")]
+# 2**53 - 1: the largest id every JSON client reads exactly; identity ids never get near it.
+OrderId = Annotated[int, PathParameter(ge=1, le=2**53 - 1, description="The order's id.")]
 
 
 def _problem(description: str) -> ResponseSpec:
