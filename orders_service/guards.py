@@ -27,7 +27,7 @@ class User(msgspec.Struct, frozen=True):
     id: str
 
 
-def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Put the ``X-User`` user on ``connection.user``; 401 when missing or blank, 400 when too long."""
     user_id = connection.headers.get(USER_HEADER, "").strip()
     if not user_id:
@@ -37,7 +37,7 @@ def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHan
     connection.scope["user"] = User(user_id)
 
 
-def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """415 unless the body is declared as JSON (``application/json`` or a ``+json`` type)."""
     media_type = connection.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
