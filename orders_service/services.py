@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from orders_service import metrics
 from orders_service.cursor import decode_cursor, encode_cursor
-from orders_service.errors import IdempotencyKeyReused, OrderRejected
+from orders_service.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow
 from orders_service.repositories import (
     IdempotencyKeyRepository,
     LockedProduct,
@@ -139,7 +139,12 @@ class OrderService:
                 raise NotFoundException(f"order {order_id} not found")
             if status == "placed":
                 await self.products.lock_products_of_order(order_id)
-                await self.orders.cancel_order_restocking(order_id)
+                try:
+                    await self.orders.cancel_order_restocking(order_id)
+                except DBAPIError as exc:
+                    if isinstance(exc.orig, pg_errors.NumericValueOutOfRange):
+                        raise RestockOverflow from None
+                    raise
                 await self.session.commit()
                 metrics.ORDERS_CANCELLED.inc()
 

@@ -55,6 +55,12 @@ def test_readme_quick_test_flow(granian: GranianServer, catalog: Catalog) -> Non
         assert client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}).status_code == 401
 
 
+def test_x_user_given_twice_is_400(granian: GranianServer, catalog: Catalog) -> None:
+    response = httpx.get(f"{granian.base_url}/orders/me", headers=[("X-User", "alice"), ("X-User", "bob")])
+    assert response.status_code == 400
+    assert "more than once" in response.json()["detail"]
+
+
 def test_metrics_use_the_contract_names_and_labels_across_two_workers(granian: GranianServer, catalog: Catalog) -> None:
     catalog.add(1, stock=5)
     before = scrape(granian)

@@ -7,8 +7,10 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import event
+from sqlalchemy import event, text
 
+from orders_service.app import create_app
+from orders_service.config import Settings
 from tests.conftest import Catalog, app_engine
 
 Client = AsyncTestClient[Litestar]
@@ -196,3 +198,33 @@ async def test_placing_an_order_takes_two_statements(client: Client, catalog: Ca
     assert len(statements) == 2  # lock + read, then reserve + insert (plus BEGIN/COMMIT)
     assert "FOR UPDATE" in statements[0]
     assert "ORDER BY" in statements[0]
+
+
+async def test_an_order_waiting_too_long_for_a_lock_is_503_and_writes_nothing(
+    settings: Settings, catalog: Catalog
+) -> None:
+    catalog.add(1, stock=10)
+    impatient = Settings.from_env({**settings.as_env(), "DB_LOCK_TIMEOUT_MS": "200"})
+    with catalog.engine.connect() as other_writer:
+        other_writer.execute(text(f"SELECT 1 FROM {settings.catalog_schema}.products WHERE id = 1 FOR UPDATE"))
+        async with AsyncTestClient(app=create_app(impatient)) as client:
+            response = await place(client, [{"product_id": 1, "qty": 1}])
+        other_writer.rollback()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert catalog.stock(1) == 10
+    assert catalog.order_count() == 0
+
+
+async def test_cancelling_when_restock_would_overflow_is_409_and_changes_nothing(
+    client: Client, catalog: Catalog
+) -> None:
+    catalog.add(1, stock=10)
+    order = (await place(client, [{"product_id": 1, "qty": 5}])).json()
+    with catalog.engine.begin() as connection:
+        connection.execute(text(f"UPDATE {catalog.catalog_schema}.products SET stock = 2147483647 WHERE id = 1"))
+    response = await client.post(f"/orders/{order['id']}/cancel", headers=ALICE)
+    assert response.status_code == 409
+    assert response.json()["title"] == "Cannot restock"
+    assert catalog.stock(1) == 2147483647
+    assert (await client.get(f"/orders/{order['id']}", headers=ALICE)).json()["status"] == "placed"

@@ -73,6 +73,13 @@ def test_settings_reject_bad_values_naming_the_variable(name: str, value: str) -
         Settings.from_env({name: value})
 
 
+def test_fractional_pool_timeout_is_kept() -> None:
+    from orders_service.database import sqlalchemy_config  # noqa: PLC0415
+
+    config = sqlalchemy_config(Settings.from_env({"DB_POOL_TIMEOUT": "0.5"}))
+    assert config.engine_config.pool_timeout == 0.5
+
+
 def test_settings_round_trip_through_environment() -> None:
     settings = Settings.from_env({"DB_HOST": "/run/pg", "OPENAPI_ENABLED": "false", "HEALTH_TIMEOUT": "0.5"})
     assert Settings.from_env(settings.as_env()) == settings

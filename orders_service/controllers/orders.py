@@ -140,8 +140,8 @@ class OrderController(Controller):
         page, next_cursor = await orders.list_orders(user.id, limit, cursor)
         headers = None
         if next_cursor is not None:
-            next_url = request.url.with_replacements(query=f"limit={limit}&cursor={next_cursor}")
-            headers = {"Link": f'<{next_url}>; rel="next"'}
+            # Relative, so it stays right behind the Gateway whatever Host/scheme reached us.
+            headers = {"Link": f'<{request.url.path}?limit={limit}&cursor={next_cursor}>; rel="next"'}
         return Response(page, headers=headers)
 
     @get(
