@@ -8,13 +8,28 @@ from datetime import datetime
 from typing import Any, cast
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import Integer, Row, Table, any_, bindparam, delete, func, insert, literal, select, true, tuple_, update
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql import Select
 
 from orders_service.models import IdempotencyKey, Order, OrderItem, Product
 from orders_service.schemas import OrderItemRead, OrderRead
+from orders_service.statements import fetch_all
 
 _orders = cast("Table", Order.__table__)
 _items = cast("Table", OrderItem.__table__)
@@ -161,6 +176,26 @@ _stored_key = select(_keys.c.request_hash, _keys.c.order_id).where(
 )
 
 
+_get_order = select(*_ORDER_COLUMNS).where(
+    _orders.c.id == bindparam("order_id", type_=BIGINT), _orders.c.user_id == bindparam("user_id")
+)
+_first_page = (
+    select(*_ORDER_COLUMNS)
+    .where(_orders.c.user_id == bindparam("user_id"))
+    .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+_next_page = _first_page.where(
+    tuple_(_orders.c.created_at, _orders.c.id)
+    < tuple_(bindparam("after_created_at", type_=DateTime(timezone=True)), bindparam("after_id", type_=BIGINT))
+)
+_items_of_orders = (
+    select(_items.c.order_id, _items.c.product_id, _items.c.qty, _items.c.price_cents)
+    .where(_items.c.order_id == any_(bindparam("order_ids", type_=ARRAY(BIGINT))))
+    .order_by(_items.c.order_id, _items.c.id)
+)
+
+
 class ProductRepository(SQLAlchemyAsyncRepository[Product]):
     """The catalog's products: locked, decremented and restocked, never created."""
 
@@ -172,12 +207,12 @@ class ProductRepository(SQLAlchemyAsyncRepository[Product]):
         Every transaction that touches several products locks them in the same (id) order,
         so two orders over the same products wait for each other instead of deadlocking.
         """
-        result = await self.session.execute(_lock_products, {"ids": list(product_ids)})
-        return {row.id: LockedProduct(row.id, row.price_cents, row.stock) for row in result}
+        rows = await fetch_all(self.session, _lock_products, {"ids": list(product_ids)})
+        return {row.id: LockedProduct(row.id, row.price_cents, row.stock) for row in rows}
 
     async def lock_products_of_order(self, order_id: int) -> None:
         """Lock the order's products in ascending id order: the same order as ``lock_products``."""
-        await self.session.execute(_lock_products_of_order, {"order_id": order_id})
+        await fetch_all(self.session, _lock_products_of_order, {"order_id": order_id})
 
 
 class IdempotencyKeyRepository(SQLAlchemyAsyncRepository[IdempotencyKey]):
@@ -192,11 +227,10 @@ class IdempotencyKeyRepository(SQLAlchemyAsyncRepository[IdempotencyKey]):
         """
         params = {"user_id": user_id, "key": key, "request_hash": request_hash}
         while True:
-            if (await self.session.execute(_claim_key, params)).first() is not None:
+            if await fetch_all(self.session, _claim_key, params):
                 return None
-            row = (await self.session.execute(_stored_key, params)).first()
-            if row is not None:
-                return StoredKey(row.request_hash, row.order_id)
+            if rows := await fetch_all(self.session, _stored_key, params):
+                return StoredKey(rows[0].request_hash, rows[0].order_id)
             # The key was purged between the two statements: claim it again.
 
     async def delete_older_than(self, cutoff: datetime) -> int:
@@ -223,23 +257,23 @@ class OrderRepository(SQLAlchemyAsyncRepository[Order]):
             "total_cents": total_cents,
             "idempotency_key": idempotency_key,
         }
-        row = (await self.session.execute(_place_order, params)).one()
+        (row,) = await fetch_all(self.session, _place_order, params)
         return row.id, row.created_at, row.reserved
 
     async def lock_order(self, user_id: str, order_id: int) -> str | None:
         """Lock the user's order row and return its status (None when the user has no such order)."""
-        row = (await self.session.execute(_lock_order, {"order_id": order_id, "user_id": user_id})).first()
-        return None if row is None else str(row.status)
+        rows = await fetch_all(self.session, _lock_order, {"order_id": order_id, "user_id": user_id})
+        return str(rows[0].status) if rows else None
 
     async def cancel_order_restocking(self, order_id: int) -> datetime:
         """Put the order's units back in stock and mark it cancelled; its products must be locked."""
-        return cast("datetime", (await self.session.execute(_cancel_order, {"order_id": order_id})).scalar_one())
+        (row,) = await fetch_all(self.session, _cancel_order, {"order_id": order_id})
+        return cast("datetime", row.cancelled_at)
 
     async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
         """The user's order with its items, or None (whether it is missing or someone else's)."""
-        query = select(*_ORDER_COLUMNS).where(_orders.c.id == order_id, _orders.c.user_id == user_id)
-        orders = await self._with_items((await self.session.execute(query)).all())
-        return orders[0] if orders else None
+        orders = await fetch_all(self.session, _get_order, {"order_id": order_id, "user_id": user_id})
+        return (await self._with_items(orders))[0] if orders else None
 
     async def list_for_user(
         self, user_id: str, limit: int, before: tuple[datetime, int] | None = None
@@ -248,20 +282,21 @@ class OrderRepository(SQLAlchemyAsyncRepository[Order]):
 
         Two queries whatever the page size; the first reads ``ix_orders_user_id_created_at_id`` in order.
         """
-        query = (
-            select(*_ORDER_COLUMNS)
-            .where(_orders.c.user_id == user_id)
-            .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
-            .limit(limit)
-        )
-        if before is not None:
-            query = query.where(tuple_(_orders.c.created_at, _orders.c.id) < tuple_(*before))
-        return await self._with_items((await self.session.execute(query)).all())
+        if before is None:
+            orders = await fetch_all(self.session, _first_page, {"user_id": user_id, "limit": limit})
+        else:
+            params = {"user_id": user_id, "limit": limit, "after_created_at": before[0], "after_id": before[1]}
+            orders = await fetch_all(self.session, _next_page, params)
+        return await self._with_items(orders)
 
-    async def _with_items(self, orders: Sequence[Row[Any, Any, Any, Any, Any, Any]]) -> list[OrderRead]:
+    async def _with_items(self, orders: Sequence[Any]) -> list[OrderRead]:
         if not orders:
             return []
-        items_by_order = await self._items_by_order([order.id for order in orders])
+        items_by_order: dict[int, list[OrderItemRead]] = {}
+        for item in await fetch_all(self.session, _items_of_orders, {"order_ids": [order.id for order in orders]}):
+            items_by_order.setdefault(item.order_id, []).append(
+                OrderItemRead(item.product_id, item.qty, item.price_cents)
+            )
         return [
             OrderRead(
                 id=order.id,
@@ -274,14 +309,3 @@ class OrderRepository(SQLAlchemyAsyncRepository[Order]):
             )
             for order in orders
         ]
-
-    async def _items_by_order(self, order_ids: list[int]) -> dict[int, list[OrderItemRead]]:
-        query = (
-            select(_items.c.order_id, _items.c.product_id, _items.c.qty, _items.c.price_cents)
-            .where(_items.c.order_id == any_(bindparam("order_ids", type_=ARRAY(BIGINT))))
-            .order_by(_items.c.order_id, _items.c.id)
-        )
-        grouped: dict[int, list[OrderItemRead]] = {}
-        for row in await self.session.execute(query, {"order_ids": order_ids}):
-            grouped.setdefault(row.order_id, []).append(OrderItemRead(row.product_id, row.qty, row.price_cents))
-        return grouped

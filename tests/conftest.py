@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orders_service import migrate
 from orders_service.app import create_app
@@ -105,11 +103,6 @@ class Catalog:
 @pytest.fixture(scope="session")
 def app(settings: Settings) -> Litestar:
     return create_app(settings)
-
-
-def app_engine(app: Litestar) -> AsyncEngine:
-    """The engine the app's sessions use."""
-    return app.plugins.get(SQLAlchemyPlugin).config[0].get_engine()  # type: ignore[return-value]
 
 
 @pytest.fixture

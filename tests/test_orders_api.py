@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from orders_service.app import create_app
 from orders_service.config import Settings
-from tests.conftest import Catalog, app_engine
+from tests.conftest import Catalog
 
 Client = AsyncTestClient[Litestar]
 ALICE = {"X-User": "alice"}
@@ -159,45 +161,42 @@ async def test_no_orders_is_an_empty_list(client: Client, catalog: Catalog) -> N
 
 
 async def test_listing_uses_two_queries_whatever_the_number_of_orders(
-    client: Client, catalog: Catalog, app: Litestar
+    client: Client, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     catalog.add(1, stock=100)
     for _ in range(5):
         await place(client, [{"product_id": 1, "qty": 1}])
-    engine = app_engine(app)
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        orders = (await client.get("/orders/me", headers=ALICE)).json()
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    statements = record_statements(monkeypatch)
+    orders = (await client.get("/orders/me", headers=ALICE)).json()
     assert len(orders) == 5
     assert len(statements) == 2
 
 
-async def test_placing_an_order_takes_two_statements(client: Client, catalog: Catalog, app: Litestar) -> None:
+async def test_placing_an_order_takes_two_statements(
+    client: Client, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     catalog.add(1, stock=100)
     catalog.add(2, stock=100)
     catalog.add(3, stock=100)
-    engine = app_engine(app)
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        response = await place(client, [{"product_id": p, "qty": 1} for p in (3, 1, 2)])
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    statements = record_statements(monkeypatch)
+    response = await place(client, [{"product_id": p, "qty": 1} for p in (3, 1, 2)])
     assert response.status_code == 200
     assert len(statements) == 2  # lock + read, then reserve + insert (plus BEGIN/COMMIT)
     assert "FOR UPDATE" in statements[0]
     assert "ORDER BY" in statements[0]
+
+
+def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement the app sends through psycopg from now on (BEGIN/COMMIT are not statements here)."""
+    statements: list[str] = []
+    execute = psycopg.AsyncCursor.execute
+
+    async def recording_execute(self: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", recording_execute)
+    return statements
 
 
 async def test_an_order_waiting_too_long_for_a_lock_is_503_and_writes_nothing(
