@@ -1,7 +1,8 @@
 """Benchmark the real service (Granian, 1 worker) on a real PostgreSQL.
 
 Measures, in one run (compare ratios, not absolute times across runs):
-- server CPU time per request (Granian process tree, psutil) for POST /orders and GET /orders/me;
+- server CPU time per request (Granian process tree, psutil) for POST /orders and GET /orders/me,
+  next to GET /health/live (Litestar + Granian + metrics middleware, no database) as the floor;
 - latency of the first page of GET /orders/me for a user with 100k orders versus one with 10.
 
     uv run python -m benchmarks.bench                 # embedded PostgreSQL, as the tests
@@ -73,6 +74,10 @@ async def list_mine(client: httpx.AsyncClient, n: int) -> httpx.Response:
     return await client.get("/orders/me?limit=10", headers={"X-User": f"bench-{n % 100}"})
 
 
+async def liveness(client: httpx.AsyncClient, n: int) -> httpx.Response:
+    return await client.get("/health/live")
+
+
 async def first_page_latency(server: GranianServer, user: str, samples: int = 300) -> list[float]:
     timings = []
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
@@ -142,11 +147,13 @@ def main() -> None:
         with start_granian(settings, workers=1, metrics_dir=Path(tempfile.mkdtemp()) / "metrics") as granian:
             light = asyncio.run(first_page_latency(granian, "light"))
             heavy = asyncio.run(first_page_latency(granian, "heavy"))
+            floor_cpu = asyncio.run(run_requests(granian, LISTS, liveness))
             order_cpu = asyncio.run(run_requests(granian, ORDERS, place))
             list_cpu = asyncio.run(run_requests(granian, LISTS, list_mine))
     print(f"first page, user with 10 orders:   median {ms(statistics.median(light))}, p95 {ms(p95(light))}")
     print(f"first page, user with {HEAVY_ORDERS} orders: median {ms(statistics.median(heavy))}, p95 {ms(p95(heavy))}")
     print(f"ratio heavy/light (median): {statistics.median(heavy) / statistics.median(light):.2f}")
+    print(f"server CPU per GET /health/live (framework floor, no database): {ms(floor_cpu / LISTS)}")
     print(f"server CPU per POST /orders (2 products, concurrency {CONCURRENCY}): {ms(order_cpu / ORDERS)}")
     print(f"server CPU per GET /orders/me?limit=10 (concurrency {CONCURRENCY}): {ms(list_cpu / LISTS)}")
 
