@@ -43,18 +43,22 @@ class OrderCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class OrderItemRead(msgspec.Struct):
-    product_id: int
-    qty: int
-    price_cents: Annotated[int, msgspec.Meta(description="Unit price at order time.")]
+    product_id: Annotated[int, msgspec.Meta(examples=[1])]
+    qty: Annotated[int, msgspec.Meta(examples=[2])]
+    price_cents: Annotated[int, msgspec.Meta(description="Unit price at order time.", examples=[1299])]
 
 
 class OrderRead(msgspec.Struct):
-    id: int
-    user_id: str
-    created_at: Annotated[datetime, msgspec.Meta(description="When the order was placed (UTC).")]
-    total_cents: Annotated[int, msgspec.Meta(description="Sum of qty x price_cents over the items.")]
-    status: OrderStatus
-    cancelled_at: Annotated[datetime | None, msgspec.Meta(description="When the order was cancelled (UTC).")]
+    id: Annotated[int, msgspec.Meta(examples=[42])]
+    user_id: Annotated[str, msgspec.Meta(description="The X-User that placed the order.", examples=["alice"])]
+    created_at: Annotated[
+        datetime, msgspec.Meta(description="When the order was placed (UTC).", examples=["2026-11-25T21:48:30.398094Z"])
+    ]
+    total_cents: Annotated[int, msgspec.Meta(description="Sum of qty x price_cents over the items.", examples=[5098])]
+    status: Annotated[OrderStatus, msgspec.Meta(examples=["placed"])]
+    cancelled_at: Annotated[
+        datetime | None, msgspec.Meta(description="When the order was cancelled (UTC).", examples=[None])
+    ]
     items: list[OrderItemRead]
 
 

@@ -70,6 +70,8 @@ def test_headers_and_examples_are_documented(openapi: dict[str, Any]) -> None:
     body_schema = openapi["components"]["schemas"][body_ref.rsplit("/", 1)[-1]]
     assert body_schema["properties"]["items"]["examples"]
     assert (body_schema["properties"]["items"]["minItems"], body_schema["properties"]["items"]["maxItems"]) == (1, 100)
+    order_schema = openapi["components"]["schemas"]["OrderRead"]
+    assert all("examples" in field for name, field in order_schema["properties"].items() if name != "items")
     listing = documented["listMyOrders"]
     assert {p["name"] for p in listing["parameters"]} == {"limit", "cursor"}
     assert "Link" in listing["responses"]["200"]["headers"]
