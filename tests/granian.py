@@ -41,14 +41,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_serving(server: GranianServer) -> None:
-    """Poll the liveness endpoint until it answers (or the process dies / time runs out)."""
+def wait_until_serving(server: GranianServer, workers: int) -> None:
+    """Poll until every worker has started and the liveness endpoint answers (or the process dies / time runs out).
+
+    Waiting for every worker matters: a SIGTERM while a worker is still booting leaves that
+    worker orphaned (Granian 2.8).
+    """
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"granian exited with {server.process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.base_url}/health/live", timeout=1).status_code == 200:
+            started = server.log().count("Started worker-")
+            if started >= workers and httpx.get(f"{server.base_url}/health/live", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.05)  # polling for startup, not synchronising on a guess
@@ -74,7 +79,7 @@ def start_granian(settings: Settings, *, workers: int, metrics_dir: Path) -> Ite
         )
     server = GranianServer(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_until_serving(server)
+        wait_until_serving(server, workers)
         yield server
     finally:
         if process.poll() is None:
