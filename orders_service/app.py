@@ -20,6 +20,8 @@ from orders_service.errors import IdempotencyKeyReused, OrderRejected, RestockOv
 from orders_service.guards import GATEWAY_USER_SCHEME, GATEWAY_USER_SECURITY
 from orders_service.metrics import MetricsController, prometheus_config
 
+MAX_BODY_BYTES = 64 * 1024
+
 
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the app for ``settings`` (default: from the environment). Opens no connection."""
@@ -60,6 +62,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 RestockOverflow,
             },
         ),
+        # 100 lines fit in a few KiB; anything near this limit is not an order (413).
+        request_max_body_size=MAX_BODY_BYTES,
         debug=False,
     )
 

@@ -109,3 +109,13 @@ async def test_unknown_route_and_wrong_method_are_4xx_problems(client: Client, c
     wrong_method = await client.delete("/orders", headers={"X-User": "alice"})
     assert wrong_method.status_code == 405
     assert wrong_method.json()["status"] == 405
+
+
+async def test_oversized_body_is_413_and_writes_nothing(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, stock=10)
+    padding = " " * (64 * 1024)
+    body = '{"items": [{"product_id": 1, "qty": 1}]' + padding + "}"
+    response = await client.post("/orders", content=body, headers=JSON_ALICE)
+    assert response.status_code == 413
+    assert response.json()["status"] == 413
+    assert catalog.order_count() == 0
