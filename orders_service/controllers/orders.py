@@ -50,6 +50,13 @@ COMMON_ERRORS = {
 }
 
 
+ORDER_ID_ERRORS = {
+    400: _problem("Bad order id or X-User header."),
+    404: _problem("No such order for this user (missing or someone else's)."),
+    **COMMON_ERRORS,
+}
+
+
 async def provide_order_service(db_session: NamedDependency[AsyncSession]) -> AsyncGenerator[OrderService]:
     yield OrderService(db_session)
 
@@ -148,11 +155,7 @@ class OrderController(Controller):
         "/{order_id:int}",
         operation_id="getOrder",
         summary="Get one of my orders",
-        responses={
-            400: _problem("Bad order id or X-User header."),
-            404: _problem("No such order for this user (missing or someone else's)."),
-            **COMMON_ERRORS,
-        },
+        responses=ORDER_ID_ERRORS,
     )
     async def get_order(
         self, order_id: OrderId, user: NamedDependency[User], orders: NamedDependency[OrderService]
@@ -165,11 +168,7 @@ class OrderController(Controller):
         status_code=200,
         operation_id="cancelOrder",
         summary="Cancel one of my orders",
-        responses={
-            400: _problem("Bad order id or X-User header."),
-            404: _problem("No such order for this user (missing or someone else's)."),
-            **COMMON_ERRORS,
-        },
+        responses=ORDER_ID_ERRORS,
     )
     async def cancel_order(
         self, order_id: OrderId, user: NamedDependency[User], orders: NamedDependency[OrderService]
