@@ -18,7 +18,7 @@ from orders_service.controllers.orders import OrderController
 from orders_service.database import sqlalchemy_config
 from orders_service.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow, problem_details_plugin
 from orders_service.guards import GATEWAY_USER_SCHEME, GATEWAY_USER_SECURITY
-from orders_service.metrics import MetricsController, prometheus_config
+from orders_service.metrics import MetricsController, count_unrouted_response, prometheus_config
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={"settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True)},
         plugins=[SQLAlchemyPlugin(config=sqlalchemy_config(settings)), problem_details_plugin()],
         middleware=[prometheus_config().middleware],
+        before_send=[count_unrouted_response],
         openapi_config=openapi,
         logging_config=LoggingConfig(
             root={"level": logging.getLevelName(logging.INFO), "handlers": ["queue_listener"]},

@@ -58,6 +58,22 @@ class HTTPMetricsMiddleware(PrometheusMiddleware):
             HTTP_REQUEST_DURATION.labels(SERVICE, path, method).observe(time.perf_counter() - started)
 
 
+UNROUTED_PATH = "<unrouted>"
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+async def count_unrouted_response(message: Message, scope: Scope) -> None:
+    """App-level ``before_send`` hook: count requests that matched no route (404, 405, bad Host).
+
+    Route middleware never sees them; they share one ``path`` label so that scanners probing
+    random URLs cannot multiply the series. Their duration is not observed.
+    """
+    if message["type"] == "http.response.start" and "route_handler" not in scope:
+        method = scope.get("method", "")
+        method = method if method in _KNOWN_METHODS else "OTHER"
+        HTTP_REQUESTS.labels(SERVICE, UNROUTED_PATH, method, str(message["status"])).inc()
+
+
 class MetricsController(PrometheusController):
     path = METRICS_PATH
     include_in_schema = False

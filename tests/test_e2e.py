@@ -71,6 +71,9 @@ def test_metrics_use_the_contract_names_and_labels_across_two_workers(granian: G
     httpx.post(f"{granian.base_url}/orders", json={"items": [{"product_id": 1, "qty": 9}]}, headers={"X-User": "m"})
     httpx.post(f"{granian.base_url}/orders", json={"items": [{"product_id": 99, "qty": 1}]}, headers={"X-User": "m"})
     httpx.get(f"{granian.base_url}/orders/me", headers={"X-User": "m"})
+    httpx.get(f"{granian.base_url}/no/such/route")
+    httpx.get(f"{granian.base_url}/another-{time.monotonic()}")
+    httpx.put(f"{granian.base_url}/orders/me", headers={"X-User": "m"})
     after = scrape(granian)
 
     def delta(key: tuple[str, tuple[tuple[str, str], ...]]) -> float:
@@ -82,6 +85,8 @@ def test_metrics_use_the_contract_names_and_labels_across_two_workers(granian: G
     assert requests_total(after, "/orders", "POST", "200") - requests_total(before, "/orders", "POST", "200") == 1
     assert requests_total(after, "/orders", "POST", "400") - requests_total(before, "/orders", "POST", "400") == 2
     assert requests_total(after, "/orders/me", "GET", "200") - requests_total(before, "/orders/me", "GET", "200") == 1
+    assert requests_total(after, "<unrouted>", "GET", "404") - requests_total(before, "<unrouted>", "GET", "404") == 2
+    assert requests_total(after, "<unrouted>", "PUT", "405") - requests_total(before, "<unrouted>", "PUT", "405") == 1
     assert delta(("orders_created_total", ())) == 1
     assert delta(("order_create_failures_total", (("reason", "insufficient_stock"),))) == 1
     assert delta(("order_create_failures_total", (("reason", "missing_product"),))) == 1
