@@ -111,6 +111,19 @@ def test_failure_reasons_are_exported_at_zero_from_the_start(
     assert metrics[("orders_created_total", ())] == 0
 
 
+def test_a_restart_starts_the_counters_from_zero(settings: Settings, tmp_path: Path, catalog: Catalog) -> None:
+    """The multiprocess directory is emptied at start: a previous run's counts never leak into the next."""
+    catalog.add(1, stock=5)
+    metrics_dir = tmp_path / "metrics"
+    with start_granian(settings, workers=2, metrics_dir=metrics_dir) as first:
+        body = {"items": [{"product_id": 1, "qty": 1}]}
+        assert httpx.post(f"{first.base_url}/orders", json=body, headers={"X-User": "r"}).status_code == 200
+        assert scrape(first)[("orders_created_total", ())] == 1
+    assert list(metrics_dir.glob("*.db"))  # the stopped run left its files behind
+    with start_granian(settings, workers=2, metrics_dir=metrics_dir) as second:
+        assert scrape(second)[("orders_created_total", ())] == 0
+
+
 def test_sigterm_lets_the_request_in_flight_finish(
     settings: Settings, tmp_path: Path, catalog: Catalog, engine: Engine
 ) -> None:
