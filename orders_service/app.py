@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.di import Provide
@@ -45,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         before_send=[count_unrouted_response],
         openapi_config=openapi,
         logging_config=LoggingConfig(
-            root={"level": logging.getLevelName(logging.INFO), "handlers": ["queue_listener"]},
+            root={"level": "INFO", "handlers": ["queue_listener"]},
             log_exceptions="always",
             # Client errors are answered, not logged with a traceback.
             disable_stack_trace={

@@ -92,8 +92,8 @@ def _database_unavailable(exc: Exception) -> ProblemDetailsException:
     )
 
 
-def _internal_error(exc: Exception) -> ProblemDetailsException:
-    logger.exception("unexpected error", exc_info=exc)
+def _internal_error(_exc: Exception) -> ProblemDetailsException:
+    # Litestar's exception logging already recorded the traceback.
     return ProblemDetailsException(
         status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
         title="Internal Server Error",
