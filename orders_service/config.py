@@ -7,11 +7,15 @@ from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # Schema names are interpolated into DDL, so only plain identifiers are accepted.
 SchemaName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+
+
+DEADLINE_MARGIN_SECONDS = 2.0
 
 
 class ConfigError(ValueError):
@@ -30,8 +34,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     catalog_schema: SchemaName = "catalog"
     db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
     db_pool_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
-    db_lock_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5_000
-    db_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 30_000
+    db_lock_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 5_000
+    db_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=3_600_000)] = 30_000
+    db_prepared_statements: bool = True
+    db_connect_timeout: Annotated[int, msgspec.Meta(ge=2, le=300)] = 3
+    db_tcp_user_timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 10_000
+    db_keepalives_idle: Annotated[int, msgspec.Meta(ge=1, le=7200)] = 10
+    db_keepalives_interval: Annotated[int, msgspec.Meta(ge=1, le=600)] = 5
+    db_keepalives_count: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    product_gate_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
     listen_host: str = "0.0.0.0"  # noqa: S104 - the container must be reachable by the Gateway
     listen_port: Port = 8000
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
@@ -73,6 +84,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             port=self.db_port,
             database=self.db_name,
         )
+
+    @property
+    def conninfo(self) -> str:
+        """The libpq connection string of ``DB_*`` (for psycopg used directly)."""
+        return make_conninfo(
+            host=self.db_host, port=self.db_port, user=self.db_user, password=self.db_pass, dbname=self.db_name
+        )
+
+    @property
+    def db_deadline_seconds(self) -> float:
+        """How long a request waits for the database's answer before giving up on the connection.
+
+        The server ends a statement after ``DB_STATEMENT_TIMEOUT_MS``; the margin lets its error
+        arrive. Past this, the server or the network is not answering (a frozen network delivers
+        no error at all), so the connection is dropped and the request answers 503.
+        """
+        return self.db_statement_timeout_ms / 1000 + DEADLINE_MARGIN_SECONDS
 
     @property
     def schema_translate_map(self) -> dict[str | None, str]:

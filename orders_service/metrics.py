@@ -9,13 +9,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, get_args
 
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController, PrometheusMiddleware
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.plugins.prometheus import PrometheusController
 from prometheus_client import Counter, Histogram
 
 from orders_service.errors import RejectionReason
 
 if TYPE_CHECKING:
-    from litestar.types import Message, Receive, Scope, Send
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 SERVICE = "orders"
 METRICS_PATH = "/metrics"
@@ -29,17 +31,48 @@ ORDERS_CANCELLED = Counter("orders_cancelled_total", "Orders cancelled (stock pu
 ORDER_CREATE_FAILURES = Counter("order_create_failures_total", "Orders rejected, by reason.", ["reason"])
 for _reason in get_args(RejectionReason):
     ORDER_CREATE_FAILURES.labels(reason=_reason)
+TRANSACTION_RETRIES = Counter(
+    "db_transaction_retries_total", "Transactions run again after a deadlock or serialization failure.", ["cause"]
+)
+for _cause in ("deadlock", "serialization_failure"):
+    TRANSACTION_RETRIES.labels(cause=_cause)
 
 
-class HTTPMetricsMiddleware(PrometheusMiddleware):
-    """Litestar's Prometheus middleware with the labels this service's dashboards expect.
+EXCLUDE_FROM_METRICS = "exclude_from_metrics"  # route opt key: /metrics itself is not counted
 
-    The stock middleware shares one label set (``method, path, status_code, app_name``) between
-    its counter and histogram; ours counts ``{service, path, method, status}`` and times
-    ``{service, path, method}``, with ``path`` the route template (``/orders/{order_id}``).
+
+class _RouteMetrics:
+    """The metric children of one route and method, resolved once instead of per request."""
+
+    __slots__ = ("_by_status", "_method", "_path", "duration")
+
+    def __init__(self, path: str, method: str) -> None:
+        self._path = path
+        self._method = method
+        self._by_status: dict[int, Any] = {}
+        self.duration = HTTP_REQUEST_DURATION.labels(SERVICE, path, method)
+
+    def requests(self, status: int) -> Any:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = HTTP_REQUESTS.labels(SERVICE, self._path, self._method, str(status))
+        return child
+
+
+class HTTPMetricsMiddleware(ASGIMiddleware):
+    """``http_requests_total{service,path,method,status}`` and ``http_request_duration_seconds{service,path,method}``.
+
+    ``path`` is the route template (``/orders/{order_id}``); ``status`` is the status of the
+    response start message as it is passed on to the server.
     """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    scopes = (ScopeType.HTTP,)
+    exclude_opt_key = EXCLUDE_FROM_METRICS
+
+    def __init__(self) -> None:
+        self._routes: dict[tuple[str, str], _RouteMetrics] = {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = time.perf_counter()
         status = 500
 
@@ -50,12 +83,14 @@ class HTTPMetricsMiddleware(PrometheusMiddleware):
             await send(message)
 
         try:
-            await self.app(scope, receive, send_recording_status)
+            await next_app(scope, receive, send_recording_status)
         finally:
-            path = scope.get("path_template") or scope["path"]
-            method: Any = scope.get("method", scope["type"])
-            HTTP_REQUESTS.labels(SERVICE, path, method, str(status)).inc()
-            HTTP_REQUEST_DURATION.labels(SERVICE, path, method).observe(time.perf_counter() - started)
+            key = (scope.get("path_template") or scope["path"], scope["method"])  # type: ignore[typeddict-item]  # HTTP only
+            route = self._routes.get(key)
+            if route is None:
+                route = self._routes[key] = _RouteMetrics(*key)
+            route.requests(status).inc()
+            route.duration.observe(time.perf_counter() - started)
 
 
 UNROUTED_PATH = "<unrouted>"
@@ -75,14 +110,8 @@ async def count_unrouted_response(message: Message, scope: Scope) -> None:
 
 
 class MetricsController(PrometheusController):
+    """``GET /metrics``: prometheus_client's exposition, aggregated over workers in multiprocess mode."""
+
     path = METRICS_PATH
     include_in_schema = False
-
-
-def prometheus_config() -> PrometheusConfig:
-    return PrometheusConfig(
-        app_name=SERVICE,
-        middleware_class=HTTPMetricsMiddleware,
-        exclude=[f"^{METRICS_PATH}$"],
-        scopes={"http"},  # type: ignore[arg-type]
-    )
+    opt = {EXCLUDE_FROM_METRICS: True}

@@ -1,40 +1,65 @@
-"""Advanced-Alchemy repositories. Hot paths use SQLAlchemy Core: one statement per step, no ORM unit of work."""
+"""Advanced-Alchemy repositories. Each request is one statement (two with an Idempotency-Key), built
+with SQLAlchemy Core at import and run through ``TransactionRunner`` in a single round trip.
+
+Lock order, everywhere: an order's row (cancellation only), then its products in ascending id
+order, with ``FOR NO KEY UPDATE`` (it does not block the catalog's inserts into tables with a
+foreign key to ``products``). Orders over the same products queue instead of deadlocking.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
+import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Integer,
+    Numeric,
+    String,
     Table,
+    Text,
     any_,
     bindparam,
     delete,
+    exists,
     func,
     insert,
-    literal,
+    literal_column,
     select,
     true,
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
+from sqlalchemy import (
+    cast as sql_cast,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
 from orders_service.models import IdempotencyKey, Order, OrderItem, Product
 from orders_service.schemas import OrderItemRead, OrderRead
-from orders_service.statements import fetch_all
+from orders_service.statements import Statement, Step
+from orders_service.transactions import TransactionRunner
+
+PG_BIGINT_MAX = 2**63 - 1
 
 _orders = cast("Table", Order.__table__)
 _items = cast("Table", OrderItem.__table__)
 _keys = cast("Table", IdempotencyKey.__table__)
 _products = cast("Table", Product.__table__)
+
+_owner = bindparam("owner", type_=String)
+_key = bindparam("idempotency_key", type_=String)
+_product_ids = bindparam("product_ids", type_=ARRAY(Integer))
+_qtys = bindparam("qtys", type_=ARRAY(Integer))
+_order_id = bindparam("order_id", type_=BigInteger)
 
 _ORDER_COLUMNS = (
     _orders.c.id,
@@ -46,61 +71,79 @@ _ORDER_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LockedProduct:
-    id: int
-    price_cents: int
-    stock: int
+def _items_of(order_id: Any) -> Any:
+    """An order's items as one JSON array in line order, which msgspec decodes into OrderItemRead in C.
 
-
-@dataclass(frozen=True, slots=True)
-class ReservedLine:
-    product_id: int
-    qty: int
-    price_cents: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKey:
-    request_hash: str
-    order_id: int | None
-
-
-_lock_products = (
-    select(_products.c.id, _products.c.price_cents, _products.c.stock)
-    .where(_products.c.id == any_(bindparam("ids", type_=ARRAY(Integer))))
-    .order_by(_products.c.id)
-    .with_for_update()
-)
-
-
-def _build_place_order() -> Select[tuple[int, datetime, int]]:
-    """One statement that reserves stock, inserts the order and its items, and ties the idempotency key to it.
-
-    Data-modifying CTEs all run, in one snapshot, whether or not the final SELECT reads them.
-    The products' rows are already locked by ``lock_products``, so the guarded UPDATE cannot
-    fail here unless the catalog's rows changed under a lock we hold (it reports how many rows
-    it reserved so the caller can verify). With no idempotency key the key UPDATE matches nothing.
+    Cheaper than rows or integer arrays through psycopg's loaders (measured: 410 -> 300 us of
+    CPU for a page of 30 orders, decoded and encoded again). Cast to text: psycopg would parse json.
     """
-    lines = (
-        func.unnest(
-            bindparam("product_ids", type_=ARRAY(Integer)),
-            bindparam("qtys", type_=ARRAY(Integer)),
-            bindparam("prices", type_=ARRAY(Integer)),
-        )
-        .table_valued("product_id", "qty", "price_cents", name="line")
-        .render_derived()
+    pairs: list[Any] = []
+    for field in ("product_id", "qty", "price_cents"):
+        pairs += [literal_column(f"'{field}'"), _items.c[field]]
+    item = func.json_build_object(*pairs)
+    return (
+        select(sql_cast(func.json_agg(aggregate_order_by(item, _items.c.id)), Text))
+        .where(_items.c.order_id == order_id)
+        .scalar_subquery()
+        .label("items")
     )
+
+
+def _build_place_order() -> Select[Any]:
+    """Place an order in one statement: lock, check, reserve, insert order and items, link the key.
+
+    1. ``stored_key``: the Idempotency-Key already belongs to a committed order (a replay): then
+       nothing below locks or writes. (The key itself was claimed by ``CLAIM_KEY``, the statement
+       before this one in the same transaction; it waited there for a concurrent twin to finish.)
+    2. ``locked``: the products, locked in ascending id order, price and stock read under the lock.
+    3. ``verdict``: unknown ids, short ids, the total; ``accepted`` is one row only if all is well.
+    4. Only then ``reserved`` decrements stock and ``new_order``/``new_items`` are inserted: they
+       read ``accepted``, which cannot exist before every product is locked. ``linked_key`` ties
+       the claimed key to the order; ``released_key`` drops it when the order was rejected, so a
+       rejected attempt stores nothing and its key can be retried.
+    Data-modifying CTEs all run, once, whether or not the final SELECT reads them.
+    """
+    stored_key = (
+        select(_keys.c.request_hash, _keys.c.order_id)
+        .where(_keys.c.user_id == _owner, _keys.c.key == _key, _keys.c.order_id.is_not(None))
+        .cte("stored_key")
+    )
+    fresh = ~exists(select(stored_key.c.order_id))
+    line = func.unnest(_product_ids, _qtys).table_valued("product_id", "qty").render_derived(name="line")
+    locked = (
+        select(_products.c.id, _products.c.price_cents, _products.c.stock)
+        .where(_products.c.id == any_(_product_ids), fresh)
+        .order_by(_products.c.id)
+        .with_for_update(key_share=True)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    verdict = (
+        select(
+            func.array_agg(line.c.product_id).filter(locked.c.id.is_(None)).label("missing"),
+            func.array_agg(line.c.product_id).filter(locked.c.stock < line.c.qty).label("short"),
+            func.sum(sql_cast(line.c.qty, Numeric) * locked.c.price_cents).label("total"),
+            func.array_agg(aggregate_order_by(locked.c.price_cents, line.c.product_id)).label("prices"),
+        )
+        .select_from(line.outerjoin(locked, locked.c.id == line.c.product_id))
+        .cte("verdict")
+    )
+    accepted = (
+        select(sql_cast(verdict.c.total, BigInteger).label("total"))
+        .where(fresh, verdict.c.missing.is_(None), verdict.c.short.is_(None), verdict.c.total <= PG_BIGINT_MAX)
+        .cte("accepted")
+    )
+    is_accepted = exists(select(accepted.c.total))
     reserved = (
         update(_products)
-        .where(_products.c.id == lines.c.product_id, _products.c.stock >= lines.c.qty)
-        .values(stock=_products.c.stock - lines.c.qty)
+        .where(_products.c.id == line.c.product_id, is_accepted)
+        .values(stock=_products.c.stock - line.c.qty)
         .returning(_products.c.id)
         .cte("reserved")
     )
     new_order = (
         insert(_orders)
-        .values(user_id=bindparam("owner"), total_cents=bindparam("total_cents", type_=BIGINT))
+        .from_select(["user_id", "total_cents"], select(_owner, accepted.c.total))
         .returning(_orders.c.id, _orders.c.created_at)
         .cte("new_order")
     )
@@ -108,130 +151,230 @@ def _build_place_order() -> Select[tuple[int, datetime, int]]:
         insert(_items)
         .from_select(
             ["order_id", "product_id", "qty", "price_cents"],
-            # new_order is a single row, joined to every line
-            select(new_order.c.id, lines.c.product_id, lines.c.qty, lines.c.price_cents).select_from(
-                new_order.join(lines, true())
+            select(new_order.c.id, line.c.product_id, line.c.qty, locked.c.price_cents).select_from(
+                new_order.join(line, true()).join(locked, locked.c.id == line.c.product_id)
             ),
         )
         .cte("new_items")
     )
-    key_to_order = (
+    linked_key = (
         update(_keys)
-        .where(_keys.c.user_id == bindparam("owner"), _keys.c.key == bindparam("idempotency_key"))
+        .where(_keys.c.user_id == _owner, _keys.c.key == _key, _keys.c.order_id.is_(None))
+        .where(exists(select(new_order.c.id)))
         .values(order_id=select(new_order.c.id).scalar_subquery())
-        .cte("key_to_order")
+        .cte("linked_key")
     )
-    reserved_count = select(func.count()).select_from(reserved).scalar_subquery()
+    released_key = (
+        delete(_keys)
+        .where(_keys.c.user_id == _owner, _keys.c.key == _key, _keys.c.order_id.is_(None))
+        .where(~exists(select(new_order.c.id)))
+        .cte("released_key")
+    )
     return (
-        select(new_order.c.id, new_order.c.created_at, reserved_count.label("reserved"))
-        .add_cte(new_items)
-        .add_cte(key_to_order)
+        select(
+            fresh.label("fresh"),
+            verdict.c.missing,
+            verdict.c.short,
+            verdict.c.total,
+            verdict.c.prices,
+            select(new_order.c.id).scalar_subquery().label("order_id"),
+            select(new_order.c.created_at).scalar_subquery().label("created_at"),
+            select(func.count()).select_from(reserved).scalar_subquery().label("reserved"),
+            select(stored_key.c.request_hash).scalar_subquery().label("stored_hash"),
+            select(stored_key.c.order_id).scalar_subquery().label("stored_order_id"),
+        )
+        .select_from(verdict)
+        .add_cte(new_items, linked_key, released_key)
     )
 
 
-def _build_cancel_order() -> Select[tuple[datetime]]:
-    """One statement that puts an order's units back in stock and marks it cancelled."""
+def _build_cancel_order() -> Select[Any]:
+    """Cancel a placed order in one statement: lock it, lock its products in id order, restock, mark it.
+
+    ``target`` locks the caller's order row first (a concurrent cancel waits here and then sees
+    ``cancelled``: nothing happens twice). ``restocked`` reads the count of ``locked``, so it
+    cannot update a product before all of them are locked, in ascending id order. The final row
+    is the order as it is after this statement, with ``cancelled_now`` telling whether this call
+    cancelled it.
+    """
+    target = (
+        select(*_ORDER_COLUMNS)
+        .where(_orders.c.id == _order_id, _orders.c.user_id == _owner)
+        .with_for_update(key_share=True)
+        .cte("target")
+        .prefix_with("MATERIALIZED")
+    )
+    placed = select(target.c.id).where(target.c.status == "placed")
+    locked = (
+        select(_products.c.id)
+        .where(_products.c.id.in_(select(_items.c.product_id).where(_items.c.order_id.in_(placed))))
+        .order_by(_products.c.id)
+        .with_for_update(key_share=True)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    every_product_locked = select(func.count()).select_from(locked).scalar_subquery() >= 0
     restocked = (
         update(_products)
-        .where(_products.c.id == _items.c.product_id, _items.c.order_id == bindparam("order_id"))
+        .where(_products.c.id == _items.c.product_id, _items.c.order_id.in_(placed), every_product_locked)
         .values(stock=_products.c.stock + _items.c.qty)
         .returning(_products.c.id)
         .cte("restocked")
     )
     cancelled = (
         update(_orders)
-        .where(_orders.c.id == bindparam("order_id"))
+        .where(_orders.c.id.in_(placed))
         .values(status="cancelled", cancelled_at=func.now())
-        .returning(_orders.c.cancelled_at)
+        .returning(_orders.c.id, _orders.c.status, _orders.c.cancelled_at)
         .cte("cancelled")
     )
-    return select(cancelled.c.cancelled_at).add_cte(restocked)
+    return (
+        select(
+            target.c.id,
+            target.c.user_id,
+            target.c.created_at,
+            target.c.total_cents,
+            func.coalesce(cancelled.c.status, target.c.status).label("status"),
+            func.coalesce(cancelled.c.cancelled_at, target.c.cancelled_at).label("cancelled_at"),
+            _items_of(target.c.id),
+            cancelled.c.id.is_not(None).label("cancelled_now"),
+        )
+        .select_from(target.outerjoin(cancelled, true()))
+        .add_cte(restocked)
+    )
 
 
-_place_order = _build_place_order()
-_cancel_order = _build_cancel_order()
+def _build_order_select() -> Select[Any]:
+    return select(*_ORDER_COLUMNS, _items_of(_orders.c.id))
 
-_lock_order = (
-    select(_orders.c.status)
-    .where(_orders.c.id == bindparam("order_id"), _orders.c.user_id == bindparam("user_id"))
-    .with_for_update()
-)
 
-_lock_products_of_order = (
-    select(_products.c.id)
-    .where(_products.c.id.in_(select(_items.c.product_id).where(_items.c.order_id == bindparam("order_id"))))
-    .order_by(_products.c.id)
-    .with_for_update()
-)
+_newest_first = (_orders.c.created_at.desc(), _orders.c.id.desc())
 
-_claim_key = (
+CLAIM_KEY = Statement(
+    "claim_idempotency_key",
     pg_insert(_keys)
-    .values(user_id=bindparam("user_id"), key=bindparam("key"), request_hash=bindparam("request_hash"))
-    .on_conflict_do_nothing(index_elements=[_keys.c.user_id, _keys.c.key])
-    .returning(literal(True))
+    .values(user_id=_owner, key=_key, request_hash=bindparam("request_hash", type_=String))
+    .on_conflict_do_nothing(index_elements=[_keys.c.user_id, _keys.c.key]),
+)
+PLACE_ORDER = Statement("place_order", _build_place_order())
+CANCEL_ORDER = Statement("cancel_order", _build_cancel_order())
+GET_ORDER = Statement("get_order", _build_order_select().where(_orders.c.id == _order_id, _orders.c.user_id == _owner))
+FIRST_PAGE = Statement(
+    "first_page",
+    _build_order_select()
+    .where(_orders.c.user_id == _owner)
+    .order_by(*_newest_first)
+    .limit(bindparam("limit", type_=Integer)),
+)
+NEXT_PAGE = Statement(
+    "next_page",
+    _build_order_select()
+    .where(
+        _orders.c.user_id == _owner,
+        tuple_(_orders.c.created_at, _orders.c.id)
+        < tuple_(
+            bindparam("after_created_at", type_=DateTime(timezone=True)),
+            bindparam("after_id", type_=BigInteger),
+        ),
+    )
+    .order_by(*_newest_first)
+    .limit(bindparam("limit", type_=Integer)),
 )
 
-_stored_key = select(_keys.c.request_hash, _keys.c.order_id).where(
-    _keys.c.user_id == bindparam("user_id"), _keys.c.key == bindparam("key")
-)
+
+@dataclass(frozen=True, slots=True)
+class PlacementOutcome:
+    """What ``place_order`` found: a new order, a rejection, or the order an earlier request placed."""
+
+    order: OrderRead | None = None
+    missing: list[int] | None = None
+    short: list[int] | None = None
+    total_cents: int | None = None
+    replay_of: int | None = None
+    stored_hash: str | None = None
 
 
-_get_order = select(*_ORDER_COLUMNS).where(
-    _orders.c.id == bindparam("order_id", type_=BIGINT), _orders.c.user_id == bindparam("user_id")
-)
-_first_page = (
-    select(*_ORDER_COLUMNS)
-    .where(_orders.c.user_id == bindparam("user_id"))
-    .order_by(_orders.c.created_at.desc(), _orders.c.id.desc())
-    .limit(bindparam("limit", type_=Integer))
-)
-_next_page = _first_page.where(
-    tuple_(_orders.c.created_at, _orders.c.id)
-    < tuple_(bindparam("after_created_at", type_=DateTime(timezone=True)), bindparam("after_id", type_=BIGINT))
-)
-_items_of_orders = (
-    select(_items.c.order_id, _items.c.product_id, _items.c.qty, _items.c.price_cents)
-    .where(_items.c.order_id == any_(bindparam("order_ids", type_=ARRAY(BIGINT))))
-    .order_by(_items.c.order_id, _items.c.id)
-)
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    order: OrderRead
+    cancelled_now: bool
 
 
-class ProductRepository(SQLAlchemyAsyncRepository[Product]):
-    """The catalog's products: locked, decremented and restocked, never created."""
+class OrderRepository(SQLAlchemyAsyncRepository[Order]):
+    """Orders, their items, the stock they reserve and the idempotency keys that name them.
 
-    model_type = Product
+    The request path runs its statements through ``runner`` (one round trip each); the
+    Advanced-Alchemy methods on ``session`` serve the maintenance commands.
+    """
 
-    async def lock_products(self, product_ids: Sequence[int]) -> dict[int, LockedProduct]:
-        """Lock the rows of ``product_ids`` in ascending id order and read price and stock under the lock.
+    model_type = Order
 
-        Every transaction that touches several products locks them in the same (id) order,
-        so two orders over the same products wait for each other instead of deadlocking.
+    def __init__(self, *, session: AsyncSession, runner: TransactionRunner, **kwargs: Any) -> None:
+        super().__init__(session=session, **kwargs)
+        self.runner = runner
+
+    async def place_order(
+        self,
+        user_id: str,
+        wanted: dict[int, int],
+        idempotency_key: str | None,
+        request_hash: str | None,
+        deadline: float | None = None,
+    ) -> PlacementOutcome:
+        """Reserve stock for ``wanted`` (product id -> qty, ascending ids) and insert the order, all or nothing."""
+        params = {
+            "owner": user_id,
+            "idempotency_key": idempotency_key,
+            "product_ids": list(wanted),
+            "qtys": list(wanted.values()),
+        }
+        steps = [Step(PLACE_ORDER, params)]
+        if idempotency_key is not None:
+            claim = {"owner": user_id, "idempotency_key": idempotency_key, "request_hash": request_hash}
+            steps.insert(0, Step(CLAIM_KEY, claim))
+        *_, (row,) = await self.runner.run(steps, writes=True, deadline=deadline)
+        fresh, missing, short, total, prices, order_id, created_at, reserved, stored_hash, stored_order_id = row
+        if not fresh:
+            return PlacementOutcome(replay_of=stored_order_id, stored_hash=stored_hash)
+        if order_id is None:
+            return PlacementOutcome(missing=missing, short=short, total_cents=int(total) if total is not None else None)
+        if reserved != len(wanted):  # pragma: no cover - the rows are locked; kept as a tripwire
+            raise RuntimeError(f"reserved {reserved} of {len(wanted)} products under lock")
+        items = [OrderItemRead(p, q, c) for (p, q), c in zip(wanted.items(), prices, strict=True)]
+        order = OrderRead(order_id, user_id, created_at.astimezone(UTC), int(total), "placed", None, items)
+        return PlacementOutcome(order=order)
+
+    async def cancel_order(self, user_id: str, order_id: int) -> CancelOutcome | None:
+        """Cancel the user's order if placed, restocking its units; None when the user has no such order."""
+        ((rows,)) = await self.runner.run([Step(CANCEL_ORDER, {"owner": user_id, "order_id": order_id})], writes=True)
+        if not rows:
+            return None
+        (row,) = rows
+        return CancelOutcome(_order_from(row), cancelled_now=bool(row[7]))
+
+    async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
+        """The user's order with its items, or None (whether it is missing or someone else's)."""
+        ((rows,)) = await self.runner.run([Step(GET_ORDER, {"owner": user_id, "order_id": order_id})], writes=False)
+        return _order_from(rows[0]) if rows else None
+
+    async def list_for_user(
+        self, user_id: str, limit: int, before: tuple[datetime, int] | None = None
+    ) -> list[OrderRead]:
+        """Up to ``limit`` of the user's orders, newest first, older than ``before`` (keyset pagination).
+
+        One statement: ``ix_orders_user_id_created_at_id`` read in order, each order's items beside it.
         """
-        rows = await fetch_all(self.session, _lock_products, {"ids": list(product_ids)})
-        return {row.id: LockedProduct(row.id, row.price_cents, row.stock) for row in rows}
-
-    async def lock_products_of_order(self, order_id: int) -> None:
-        """Lock the order's products in ascending id order: the same order as ``lock_products``."""
-        await fetch_all(self.session, _lock_products_of_order, {"order_id": order_id})
+        if before is None:
+            step = Step(FIRST_PAGE, {"owner": user_id, "limit": limit})
+        else:
+            params = {"owner": user_id, "limit": limit, "after_created_at": before[0], "after_id": before[1]}
+            step = Step(NEXT_PAGE, params)
+        ((rows,)) = await self.runner.run([step], writes=False)
+        return [_order_from(row) for row in rows]
 
 
 class IdempotencyKeyRepository(SQLAlchemyAsyncRepository[IdempotencyKey]):
     model_type = IdempotencyKey
-
-    async def claim_key(self, user_id: str, key: str, request_hash: str) -> StoredKey | None:
-        """Insert the key in this transaction, or return the one another request stored first.
-
-        A concurrent request holding the same key makes the INSERT wait until it commits
-        (then the key is returned) or rolls back (then this request claims it). The lookup
-        is a separate statement so that it sees the row committed while the INSERT waited.
-        """
-        params = {"user_id": user_id, "key": key, "request_hash": request_hash}
-        while True:
-            if await fetch_all(self.session, _claim_key, params):
-                return None
-            if rows := await fetch_all(self.session, _stored_key, params):
-                return StoredKey(rows[0].request_hash, rows[0].order_id)
-            # The key was purged between the two statements: claim it again.
 
     async def delete_older_than(self, cutoff: datetime) -> int:
         """Delete keys created before ``cutoff``; orders are untouched. Returns how many were deleted."""
@@ -239,73 +382,18 @@ class IdempotencyKeyRepository(SQLAlchemyAsyncRepository[IdempotencyKey]):
         return cast("int", result.rowcount)  # type: ignore[attr-defined]
 
 
-class OrderRepository(SQLAlchemyAsyncRepository[Order]):
-    model_type = Order
+_decode_items = msgspec.json.Decoder(list[OrderItemRead]).decode
 
-    async def insert_order_reserving_stock(
-        self, user_id: str, lines: Sequence[ReservedLine], total_cents: int, idempotency_key: str | None
-    ) -> tuple[int, datetime, int]:
-        """Decrement stock for ``lines``, insert the order with its items and link the key, in one round trip.
 
-        Returns the new order's id, its ``created_at`` and how many product rows were reserved.
-        """
-        params = {
-            "product_ids": [line.product_id for line in lines],
-            "qtys": [line.qty for line in lines],
-            "prices": [line.price_cents for line in lines],
-            "owner": user_id,  # not "user_id": an UPDATE would add parameters named like columns to its SET
-            "total_cents": total_cents,
-            "idempotency_key": idempotency_key,
-        }
-        (row,) = await fetch_all(self.session, _place_order, params)
-        return row.id, row.created_at, row.reserved
-
-    async def lock_order(self, user_id: str, order_id: int) -> str | None:
-        """Lock the user's order row and return its status (None when the user has no such order)."""
-        rows = await fetch_all(self.session, _lock_order, {"order_id": order_id, "user_id": user_id})
-        return str(rows[0].status) if rows else None
-
-    async def cancel_order_restocking(self, order_id: int) -> datetime:
-        """Put the order's units back in stock and mark it cancelled; its products must be locked."""
-        (row,) = await fetch_all(self.session, _cancel_order, {"order_id": order_id})
-        return cast("datetime", row.cancelled_at)
-
-    async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
-        """The user's order with its items, or None (whether it is missing or someone else's)."""
-        orders = await fetch_all(self.session, _get_order, {"order_id": order_id, "user_id": user_id})
-        return (await self._with_items(orders))[0] if orders else None
-
-    async def list_for_user(
-        self, user_id: str, limit: int, before: tuple[datetime, int] | None = None
-    ) -> list[OrderRead]:
-        """Up to ``limit`` of the user's orders, newest first, older than ``before`` (keyset pagination).
-
-        Two queries whatever the page size; the first reads ``ix_orders_user_id_created_at_id`` in order.
-        """
-        if before is None:
-            orders = await fetch_all(self.session, _first_page, {"user_id": user_id, "limit": limit})
-        else:
-            params = {"user_id": user_id, "limit": limit, "after_created_at": before[0], "after_id": before[1]}
-            orders = await fetch_all(self.session, _next_page, params)
-        return await self._with_items(orders)
-
-    async def _with_items(self, orders: Sequence[Any]) -> list[OrderRead]:
-        if not orders:
-            return []
-        items_by_order: dict[int, list[OrderItemRead]] = {}
-        for item in await fetch_all(self.session, _items_of_orders, {"order_ids": [order.id for order in orders]}):
-            items_by_order.setdefault(item.order_id, []).append(
-                OrderItemRead(item.product_id, item.qty, item.price_cents)
-            )
-        return [
-            OrderRead(
-                id=order.id,
-                user_id=order.user_id,
-                created_at=order.created_at,
-                total_cents=order.total_cents,
-                status=order.status,
-                cancelled_at=order.cancelled_at,
-                items=items_by_order.get(order.id, []),
-            )
-            for order in orders
-        ]
+def _order_from(row: Sequence[Any]) -> OrderRead:
+    order_id, user_id, created_at, total_cents, status, cancelled_at, items_json = row[:7]
+    items = _decode_items(items_json) if items_json else []
+    return OrderRead(
+        order_id,
+        user_id,
+        created_at.astimezone(UTC),
+        total_cents,
+        status,
+        cancelled_at.astimezone(UTC) if cancelled_at is not None else None,
+        items,
+    )

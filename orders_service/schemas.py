@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar._openapi.schema_generation import SchemaCreator
 from litestar.dto import MsgspecDTO
 from litestar.exceptions import ValidationException
 from litestar.openapi.spec import Reference, Schema
 from litestar.typing import FieldDefinition
 
-from orders_service.errors import RejectionReason
+from orders_service.errors import RejectionReason, UnavailableCause
 from orders_service.models import OrderStatus
 
 PG_INT_MAX = 2**31 - 1
@@ -63,22 +62,28 @@ class OrderRead(msgspec.Struct):
 
 
 class ValidationErrorDetail(msgspec.Struct):
-    message: str
-    key: str
-    source: str
+    message: Annotated[str, msgspec.Meta(examples=["Expected `int` >= 1"])]
+    key: Annotated[str, msgspec.Meta(examples=["items[0].qty"])]
+    source: Annotated[str, msgspec.Meta(description="body, header, query or path", examples=["body"])]
 
 
 class ProblemDetails(msgspec.Struct, omit_defaults=True):
     """RFC 9457 problem details: the body of every error response."""
 
-    status: int
-    title: str
-    detail: str
+    status: Annotated[int, msgspec.Meta(examples=[400])]
+    title: Annotated[str, msgspec.Meta(examples=["Order rejected"])]
+    detail: Annotated[str, msgspec.Meta(examples=["insufficient stock for product id(s): 2"])]
     reason: Annotated[
-        RejectionReason | None,
-        msgspec.Meta(description="Why an order was rejected (400 from POST /orders)."),
+        RejectionReason | UnavailableCause | None,
+        msgspec.Meta(
+            description="Why an order was rejected (400 from POST /orders), or why the database could not serve "
+            "the request (503).",
+            examples=["insufficient_stock"],
+        ),
     ] = None
-    product_ids: Annotated[list[int] | None, msgspec.Meta(description="The products that caused the rejection.")] = None
+    product_ids: Annotated[
+        list[int] | None, msgspec.Meta(description="The products that caused the rejection.", examples=[[2]])
+    ] = None
     errors: Annotated[
         list[ValidationErrorDetail] | None, msgspec.Meta(description="Each invalid field (400 validation errors).")
     ] = None
@@ -106,10 +111,16 @@ class StrictBodyDTO[T: msgspec.Struct](MsgspecDTO[T]):
 
     @classmethod
     def create_openapi_schema(
-        cls, field_definition: FieldDefinition, handler_id: str, schema_creator: SchemaCreator
+        cls,
+        field_definition: FieldDefinition,
+        handler_id: str,
+        schema_creator: Any,  # Litestar's SchemaCreator, whose module is private
     ) -> Reference | Schema:
         """Document the Struct itself (with its length limits), not a generated transfer model."""
-        return schema_creator.for_field_definition(FieldDefinition.from_annotation(cls.model_type))
+        schema: Reference | Schema = schema_creator.for_field_definition(
+            FieldDefinition.from_annotation(cls.model_type)
+        )
+        return schema
 
 
 class OrderCreateDTO(StrictBodyDTO[OrderCreate]):

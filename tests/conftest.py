@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import Engine, create_engine, text
 
-from orders_service import migrate
 from orders_service.app import create_app
-from orders_service.catalog import create_products_table
 from orders_service.config import Settings
-from tests.database import postgres_server, scratch_database
+from tests.database import ProvisionedDatabase, postgres_server, provisioned_database
 from tests.granian import GranianServer, start_granian
+from tests.pgbouncer import pgbouncer, plain_binary, prepared_binary
 
 OUR_TABLES = ("orders", "order_items", "idempotency_keys")
 
@@ -26,20 +27,22 @@ def server() -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def settings(server: Settings) -> Iterator[Settings]:
-    """A fresh database with the catalog table and our migrations applied."""
-    with scratch_database(server) as settings:
-        engine = create_engine(settings.database_url)
-        with engine.begin() as connection:
-            create_products_table(connection, settings)
-        engine.dispose()
-        migrate.upgrade(settings)
-        yield settings
+def database(server: Settings) -> Iterator[ProvisionedDatabase]:
+    """A fresh database, migrated by its schema's owner, with a least-privilege runtime role."""
+    with provisioned_database(server) as database:
+        yield database
 
 
 @pytest.fixture(scope="session")
-def engine(settings: Settings) -> Iterator[Engine]:
-    engine = create_engine(settings.database_url)
+def settings(database: ProvisionedDatabase) -> Settings:
+    """What the service runs with: the runtime role, with only the privileges `print-grants` gives."""
+    return database.runtime
+
+
+@pytest.fixture(scope="session")
+def engine(database: ProvisionedDatabase) -> Iterator[Engine]:
+    """The tests' own access (a superuser): setting up products, checking invariants."""
+    engine = create_engine(database.admin.database_url)
     yield engine
     engine.dispose()
 
@@ -100,9 +103,76 @@ class Catalog:
         )
 
 
+# How the service reaches PostgreSQL. Modules that set ROUTES run their `route`-dependent tests once per route.
+DIRECT, PGBOUNCER, PGBOUNCER_PREPARED = "direct", "pgbouncer", "pgbouncer-prepared"
+ALL_ROUTES = (DIRECT, PGBOUNCER, PGBOUNCER_PREPARED)
+REQUIRE_EVERYTHING_ENV = "ORDERS_TESTS_REQUIRE_EVERYTHING"
+
+
+RUN_LAST = "test_every_status_this_run_observed_is_documented"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The OpenAPI completeness check looks at what every other test made the service answer: run it last."""
+    items.sort(key=lambda item: getattr(item, "originalname", item.name) == RUN_LAST)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    def names(argnames: str | tuple[str, ...]) -> list[str]:
+        return argnames.replace(" ", "").split(",") if isinstance(argnames, str) else list(argnames)
+
+    explicit = {name for marker in metafunc.definition.iter_markers("parametrize") for name in names(marker.args[0])}
+    if "route" in metafunc.fixturenames and "route" not in explicit:
+        routes = getattr(metafunc.module, "ROUTES", (DIRECT,))
+        metafunc.parametrize("route", routes, indirect=True, scope="session")
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose outside component is missing here; in CI (which installs everything) fail instead."""
+    if os.environ.get(REQUIRE_EVERYTHING_ENV):
+        pytest.fail(f"{reason} (CI must provide it)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
-def app(settings: Settings) -> Litestar:
-    return create_app(settings)
+def route(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", DIRECT))
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_plain(database: ProvisionedDatabase) -> Iterator[Settings]:
+    binary = plain_binary()
+    if binary is None:
+        unavailable("pgbouncer is not installed")
+    assert binary is not None
+    with pgbouncer(binary, database.runtime, [database.runtime, database.admin], prepared=False) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_with_prepared_statements(database: ProvisionedDatabase) -> Iterator[Settings]:
+    binary = prepared_binary()
+    if binary is None:
+        unavailable("no PgBouncer >= 1.21 (set PGBOUNCER_PREPARED to one; .ci/run builds 1.24)")
+    assert binary is not None
+    with pgbouncer(binary, database.runtime, [database.runtime, database.admin], prepared=True) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="session")
+def service_settings(route: str, settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The settings the service runs with on ``route``: straight to PostgreSQL, or through PgBouncer."""
+    if route == PGBOUNCER:
+        return cast("Settings", request.getfixturevalue("pgbouncer_plain"))
+    if route == PGBOUNCER_PREPARED:
+        return cast("Settings", request.getfixturevalue("pgbouncer_with_prepared_statements"))
+    return settings
+
+
+@pytest.fixture(scope="session")
+def app(service_settings: Settings) -> Litestar:
+    return create_app(service_settings)
 
 
 @pytest.fixture
@@ -113,7 +183,9 @@ async def client(app: Litestar, catalog: Catalog) -> AsyncIterator[AsyncTestClie
 
 
 @pytest.fixture(scope="session")
-def granian(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GranianServer]:
-    """The real service under Granian with 2 workers, shared by the end-to-end tests."""
-    with start_granian(settings, workers=2, metrics_dir=tmp_path_factory.mktemp("metrics")) as server:
+def granian(service_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GranianServer]:
+    """The real service under Granian with 2 workers, shared by the end-to-end tests (one per route)."""
+    # Bursts of 200 requests queue for 2 x DB_POOL_SIZE connections: let them wait.
+    patient = Settings.from_env({**service_settings.as_env(), "DB_POOL_TIMEOUT": "30"})
+    with start_granian(patient, workers=2, metrics_dir=tmp_path_factory.mktemp("metrics")) as server:
         yield server

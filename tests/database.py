@@ -8,13 +8,18 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
+from orders_service import migrate
+from orders_service.catalog import create_products_table
 from orders_service.config import Settings
 from orders_service.embedded_db import embedded_postgres
+from orders_service.grants import grants_sql
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,60 @@ def _admin_connect(server: Settings) -> psycopg.Connection:
         dbname=server.db_name,
         autocommit=True,
     )
+
+
+@dataclass(frozen=True)
+class ProvisionedDatabase:
+    """A migrated database and the three roles that use it, as in production."""
+
+    admin: Settings  # a superuser: the tests' own setup and checks, and the catalog team's part
+    owner: Settings  # owns DB_SCHEMA and runs the migrations; no CREATE on the database
+    runtime: Settings  # what the service connects as: only the privileges `print-grants` gives
+
+
+RUNTIME_TIME_ZONE = "America/New_York"  # the service must answer in UTC whatever the role's TimeZone
+
+
+@contextlib.contextmanager
+def provisioned_database(
+    server: Settings, *, db_schema: str = "orders", catalog_schema: str = "catalog"
+) -> Iterator[ProvisionedDatabase]:
+    """A scratch database set up the way the README tells a platform team to.
+
+    The DBA (admin) creates the owner and runtime roles and the empty schema ``db_schema``
+    owned by the owner; the catalog team's ``products`` table exists; the owner runs the
+    migrations; the grants of ``orders-service print-grants`` are applied. The runtime role's
+    TimeZone is not UTC.
+    """
+    suffix = uuid.uuid4().hex[:10]
+    owner_role, runtime_role = f"orders_owner_{suffix}", f"orders_app_{suffix}"
+    password = uuid.uuid4().hex
+    with _admin_connect(server) as connection:
+        for role in (owner_role, runtime_role):
+            connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        connection.execute(f"ALTER ROLE {runtime_role} SET TimeZone = '{RUNTIME_TIME_ZONE}'")
+    try:
+        with scratch_database(server) as admin_settings:
+            admin = Settings.from_env(
+                {**admin_settings.as_env(), "DB_SCHEMA": db_schema, "CATALOG_SCHEMA": catalog_schema}
+            )
+            as_role = {**admin.as_env(), "DB_PASS": password}
+            owner = Settings.from_env({**as_role, "DB_USER": owner_role})
+            runtime = Settings.from_env({**as_role, "DB_USER": runtime_role})
+            with _admin_connect(admin) as connection:
+                connection.execute(f'CREATE SCHEMA "{db_schema}" AUTHORIZATION {owner_role}')
+            engine = create_engine(admin.database_url)
+            with engine.begin() as connection:
+                create_products_table(connection, admin)
+            engine.dispose()
+            migrate.upgrade(owner)
+            with _admin_connect(admin) as connection:
+                connection.execute(grants_sql(admin, runtime_role).encode())
+            yield ProvisionedDatabase(admin=admin, owner=owner, runtime=runtime)
+    finally:
+        with _admin_connect(server) as connection:
+            for role in (owner_role, runtime_role):
+                connection.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 @contextlib.contextmanager

@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from orders_service.config import Settings
 
 STARTUP_TIMEOUT = 30.0
+# Every (path, method, status) the Granian servers of this test run answered, for the OpenAPI check.
+OBSERVED_STATUSES: set[tuple[str, str, str]] = set()
+LIVE_SERVERS: list[GranianServer] = []
 
 
 @dataclass
@@ -33,6 +37,18 @@ class GranianServer:
         """SIGTERM, then wait for the exit code."""
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
+
+
+def record_statuses(server: GranianServer) -> None:
+    """Add what ``server`` answered (its http_requests_total) to OBSERVED_STATUSES."""
+    try:
+        metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return  # a test stopped it already
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "http_requests_total" and sample.value > 0:
+                OBSERVED_STATUSES.add((sample.labels["path"], sample.labels["method"], sample.labels["status"]))
 
 
 def free_port() -> int:
@@ -62,26 +78,46 @@ def wait_until_serving(server: GranianServer, workers: int) -> None:
 
 @contextlib.contextmanager
 def start_granian(settings: Settings, *, workers: int, metrics_dir: Path) -> Iterator[GranianServer]:
+    """``orders-service serve`` on 127.0.0.1 and a free port, metrics shared through ``metrics_dir``."""
+    env = {**os.environ, **settings.as_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with start_service(["serve"], env, workers=workers, log_dir=metrics_dir.parent) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def start_service(
+    command: list[str],
+    env: dict[str, str],
+    *,
+    workers: int,
+    log_dir: Path,
+    cwd: Path | None = None,
+    listen_host: str = "127.0.0.1",
+) -> Iterator[GranianServer]:
+    """``orders-service <command>`` with exactly ``env`` (plus the listen address), until it serves every worker.
+
+    ``listen_host`` must resolve to 127.0.0.1, where the tests connect.
+    """
     port = free_port()
-    env = {
-        **os.environ,
-        **settings.as_env(),
-        "LISTEN_HOST": "127.0.0.1",
-        "LISTEN_PORT": str(port),
-        "WORKERS": str(workers),
-        "DB_POOL_TIMEOUT": "30",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
-    log_path = metrics_dir.parent / f"granian-{port}.log"
+    env = {**env, "LISTEN_HOST": listen_host, "LISTEN_PORT": str(port), "WORKERS": str(workers)}
+    log_path = log_dir / f"granian-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "orders_service.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "orders_service.cli", *command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
         )
     server = GranianServer(process, f"http://127.0.0.1:{port}", log_path)
     try:
         wait_until_serving(server, workers)
+        LIVE_SERVERS.append(server)
         yield server
     finally:
+        if server in LIVE_SERVERS:
+            LIVE_SERVERS.remove(server)
+            record_statuses(server)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

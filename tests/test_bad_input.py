@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -119,3 +120,33 @@ async def test_oversized_body_is_413_and_writes_nothing(client: Client, catalog:
     assert response.status_code == 413
     assert response.json()["status"] == 413
     assert catalog.order_count() == 0
+
+
+VALIDATION_CASES: dict[str, tuple[dict[str, Any], str, str]] = {
+    # name: (request, the part the detail names, the errors' source)
+    "header": (
+        {
+            "method": "POST",
+            "url": "/orders",
+            "headers": {**JSON_ALICE, "Idempotency-Key": ""},
+            "json": {"items": [line()]},
+        },
+        "headers",
+        "header",
+    ),
+    "query": (
+        {"method": "GET", "url": "/orders/me?limit=0", "headers": {"X-User": "alice"}},
+        "query parameters",
+        "query",
+    ),
+    "body": ({"method": "POST", "url": "/orders", "headers": JSON_ALICE, "json": {"items": []}}, "body", "body"),
+}
+
+
+@pytest.mark.parametrize("case", VALIDATION_CASES, ids=list(VALIDATION_CASES))
+async def test_a_validation_error_names_the_part_of_the_request(client: Client, catalog: Catalog, case: str) -> None:
+    request, part, source = VALIDATION_CASES[case]
+    response = await client.request(**request)
+    assert response.status_code == 400
+    assert response.json()["detail"] == f"Validation failed for the request {part}"
+    assert {error["source"] for error in response.json()["errors"]} == {source}

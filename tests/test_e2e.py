@@ -10,31 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
 from orders_service.app import create_app
 from orders_service.config import Settings
 from tests.conftest import Catalog
 from tests.granian import GranianServer, free_port, start_granian
-
-
-def scrape(server: GranianServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Parse /metrics into {(sample name, sorted labels): value}."""
-    response = httpx.get(f"{server.base_url}/metrics")
-    assert response.status_code == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def requests_total(
-    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], path: str, method: str, status: str
-) -> float:
-    labels = (("method", method), ("path", path), ("service", "orders"), ("status", status))
-    return metrics.get(("http_requests_total", labels), 0.0)
+from tests.scrape import requests_total, scrape
 
 
 def test_readme_quick_test_flow(granian: GranianServer, catalog: Catalog) -> None:
@@ -53,12 +35,6 @@ def test_readme_quick_test_flow(granian: GranianServer, catalog: Catalog) -> Non
         assert mine.status_code == 200
         assert mine.json() == [created.json()]
         assert client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}).status_code == 401
-
-
-def test_x_user_given_twice_is_400(granian: GranianServer, catalog: Catalog) -> None:
-    response = httpx.get(f"{granian.base_url}/orders/me", headers=[("X-User", "alice"), ("X-User", "bob")])
-    assert response.status_code == 400
-    assert "more than once" in response.json()["detail"]
 
 
 def test_metrics_use_the_contract_names_and_labels_across_two_workers(granian: GranianServer, catalog: Catalog) -> None:

@@ -14,8 +14,11 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
 from orders_service.config import Settings
-from tests.conftest import Catalog
+from tests.conftest import ALL_ROUTES, Catalog
 from tests.granian import GranianServer
+
+# Also through PgBouncer in transaction mode, prepared statements off and on.
+ROUTES = ALL_ROUTES
 
 Client = AsyncTestClient[Litestar]
 ALICE = {"X-User": "alice"}

@@ -12,11 +12,15 @@ import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from orders_service.config import Settings
-from tests.conftest import Catalog
+from tests.conftest import ALL_ROUTES, Catalog
 from tests.granian import GranianServer
+
+# Also through PgBouncer in transaction mode, prepared statements off and on.
+ROUTES = ALL_ROUTES
 
 Client = AsyncTestClient[Litestar]
 LINES = [{"product_id": 1, "qty": 2}]
@@ -38,6 +42,15 @@ async def test_retry_with_same_key_and_body_replays_the_order(client: Client, ca
     assert retry.headers["idempotent-replayed"] == "true"
     assert catalog.stock(1) == 8
     assert catalog.order_count() == 1
+
+
+async def test_a_replay_is_not_counted_as_a_new_order(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, stock=10)
+    before = REGISTRY.get_sample_value("orders_created_total") or 0.0
+    await place(client, "counted-once", LINES)
+    await place(client, "counted-once", LINES)
+    await place(client, "counted-once", LINES)
+    assert (REGISTRY.get_sample_value("orders_created_total") or 0.0) - before == 1
 
 
 async def test_same_lines_in_another_order_or_split_count_as_the_same_body(client: Client, catalog: Catalog) -> None:

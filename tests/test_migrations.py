@@ -1,4 +1,4 @@
-"""Alembic migrations: agree with the models, honour DB_SCHEMA/CATALOG_SCHEMA, downgrade to base."""
+"""Alembic migrations: agree with the models, honour DB_SCHEMA/CATALOG_SCHEMA, downgrade, least privilege."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from alembic import command
 from litestar.testing import AsyncTestClient
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from orders_service import migrate
 from orders_service.app import create_app
 from orders_service.catalog import create_products_table
 from orders_service.config import Settings
+from orders_service.grants import grants_sql
 from orders_service.migrate import PROJECT_ROOT
-from tests.database import scratch_database
+from tests.database import ProvisionedDatabase, scratch_database
 
 OUR_TABLES = {"alembic_version", "orders", "order_items", "idempotency_keys"}
 
@@ -35,8 +38,8 @@ def custom_schemas(server: Settings) -> Iterator[Settings]:
         yield custom
 
 
-def test_models_and_migrations_agree(settings: Settings) -> None:
-    command.check(migrate.alembic_config(settings))  # raises when autogenerate finds a difference
+def test_models_and_migrations_agree(database: ProvisionedDatabase) -> None:
+    command.check(migrate.alembic_config(database.owner))  # raises when autogenerate finds a difference
 
 
 async def test_everything_runs_with_non_default_schema_names(custom_schemas: Settings) -> None:
@@ -56,8 +59,8 @@ async def test_everything_runs_with_non_default_schema_names(custom_schemas: Set
         )
         short = await client.post("/orders", json={"items": [{"product_id": 2, "qty": 1}]}, headers={"X-User": "a"})
         listed = await client.get("/orders/me", headers={"X-User": "a"})
-    assert placed.status_code == 200
-    assert short.status_code == 400
+    assert placed.status_code == 200, placed.text
+    assert short.status_code == 400, short.text
     assert listed.json() == [placed.json()]
     with engine.connect() as connection:
         assert connection.execute(text("SELECT stock FROM shop_catalog.products ORDER BY id")).scalars().all() == [8, 0]
@@ -79,9 +82,9 @@ def test_downgrade_to_base_and_upgrade_again(custom_schemas: Settings) -> None:
     engine.dispose()
 
 
-def test_deleting_an_order_cascades_to_its_items(settings: Settings) -> None:
-    engine = create_engine(settings.database_url)
-    schema = settings.db_schema
+def test_deleting_an_order_cascades_to_its_items(database: ProvisionedDatabase) -> None:
+    engine = create_engine(database.admin.database_url)
+    schema = database.admin.db_schema
     with engine.begin() as connection:
         order_id = connection.execute(
             text(f"INSERT INTO {schema}.orders (user_id, total_cents) VALUES ('cascade', 5) RETURNING id")
@@ -112,3 +115,57 @@ def test_command_line_upgrades_use_the_environment(custom_schemas: Settings, cli
     engine = create_engine(custom_schemas.database_url)
     assert set(inspect(engine).get_table_names("shop_orders")) == OUR_TABLES
     engine.dispose()
+
+
+def test_the_schema_owner_migrates_without_create_on_the_database(database: ProvisionedDatabase) -> None:
+    """The session's database was migrated by its schema's owner (tests/database.py), who cannot create schemas."""
+    with psycopg.connect(database.admin.conninfo) as connection:
+        may_create, owner = connection.execute(
+            "SELECT has_database_privilege(%s, current_database(), 'CREATE'),"
+            " (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s)",
+            [database.owner.db_user, database.owner.db_schema],
+        ).fetchone() or (None, None)
+    assert may_create is False
+    assert owner == database.owner.db_user
+    # Upgrading again is a no-op that still needs no CREATE on the database.
+    migrate.upgrade(database.owner)
+
+
+def test_the_runtime_role_cannot_change_the_schema(database: ProvisionedDatabase) -> None:
+    with (
+        psycopg.connect(database.runtime.conninfo) as connection,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        connection.execute(f"CREATE TABLE {database.runtime.db_schema}.intruder (id int)")
+
+
+def test_print_grants_prints_what_the_runtime_role_was_given(database: ProvisionedDatabase) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "orders_service.cli", "print-grants", database.runtime.db_user],
+        env={**os.environ, **database.runtime.as_env()},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout == grants_sql(database.runtime, database.runtime.db_user)
+    assert (
+        f'GRANT SELECT (id, price_cents, stock), UPDATE (stock) ON "catalog".products TO "{database.runtime.db_user}"'
+        in result.stdout
+    )
+
+
+def test_a_migration_gives_up_on_a_locked_table_after_the_lock_timeout(database: ProvisionedDatabase) -> None:
+    """A migration must not queue every request behind it while a long transaction holds its table."""
+    impatient = Settings.from_env({**database.owner.as_env(), "DB_LOCK_TIMEOUT_MS": "200"})
+    migrate.downgrade(database.owner, "0001")
+    try:
+        with psycopg.connect(database.admin.conninfo) as holder:
+            holder.execute(f"LOCK TABLE {database.admin.db_schema}.orders IN ACCESS SHARE MODE")
+            with pytest.raises(OperationalError, match="lock timeout"):
+                migrate.upgrade(impatient)
+    finally:
+        migrate.upgrade(database.owner)
+        # The downgrade dropped a table: its grants went with it, as the README warns.
+        with psycopg.connect(database.admin.conninfo) as connection:
+            connection.execute(grants_sql(database.admin, database.runtime.db_user).encode())

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from openapi_spec_validator import validate
+from prometheus_client import REGISTRY
 from schemathesis.openapi import from_url
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
 from orders_service.app import create_app
 from orders_service.config import Settings
 from tests.conftest import Catalog
-from tests.granian import GranianServer
+from tests.granian import LIVE_SERVERS, OBSERVED_STATUSES, GranianServer, record_statuses
 
 ERROR_STATUSES = {
-    "placeOrder": {"400", "401", "415", "422", "503"},
+    "placeOrder": {"400", "401", "413", "415", "422", "503"},
     "listMyOrders": {"400", "401", "503"},
     "getOrder": {"400", "401", "404", "503"},
-    "cancelOrder": {"400", "401", "404", "503"},
+    "cancelOrder": {"400", "401", "404", "409", "503"},
 }
 
 
@@ -37,6 +40,36 @@ def operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for operation in path.values()
         if isinstance(operation, dict) and "operationId" in operation
     }
+
+
+def test_the_served_document_is_valid_openapi_3_1(client: AsyncTestClient[Litestar]) -> None:
+    document = client.app.openapi_schema.to_schema()
+    assert document["openapi"].startswith("3.1")
+    validate(document)  # openapi-spec-validator: raises on any violation
+
+
+def test_every_response_header_has_a_schema_and_every_503_a_retry_after(openapi: dict[str, Any]) -> None:
+    for path, item in openapi["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                for name, header in (response.get("headers") or {}).items():
+                    assert "schema" in header or "content" in header, (method, path, status, name)
+                if status == "503":
+                    assert response["headers"]["Retry-After"]["schema"]["type"] == "integer", (method, path)
+
+
+def test_the_readiness_503_and_its_body_are_documented(openapi: dict[str, Any]) -> None:
+    readiness = operations(openapi)["readiness"]["responses"]["503"]
+    body = readiness["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert set(openapi["components"]["schemas"][body]["properties"]) == {"status", "reason"}
+
+
+def test_errors_of_unrouted_requests_are_documented_as_problems(openapi: dict[str, Any]) -> None:
+    for operation_id in ERROR_STATUSES:
+        default = operations(openapi)[operation_id]["responses"]["default"]
+        assert "application/problem+json" in default["content"]
+        assert "404" in default["description"]
+        assert "405" in default["description"]
 
 
 def test_every_route_has_an_operation_id(openapi: dict[str, Any]) -> None:
@@ -84,6 +117,21 @@ async def test_schema_and_docs_are_served_and_can_be_switched_off(settings: Sett
     off = Settings.from_env({**settings.as_env(), "OPENAPI_ENABLED": "false"})
     async with AsyncTestClient(app=create_app(off)) as client:
         assert (await client.get("/schema/openapi.json")).status_code == 404
+        assert (await client.get("/schema/swagger-ui/swagger-ui-bundle.js")).status_code == 404
+
+
+async def test_the_docs_page_needs_no_other_host(client: AsyncTestClient[Litestar]) -> None:
+    """Most clusters have no internet: Swagger UI's files come from the service itself."""
+    page = (await client.get("/schema/swagger")).text
+    referenced = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
+    assert referenced, page
+    for url in referenced:
+        assert url.startswith("/"), url
+        assert not url.startswith("//"), url
+        asset = await client.get(url)
+        assert asset.status_code == 200, url
+        assert len(asset.content) > 1000, url
+    assert not re.search(r"https?://", page.split("SwaggerUIBundle(", 1)[0])
 
 
 def test_live_responses_conform_to_the_schema(granian: GranianServer, catalog: Catalog) -> None:
@@ -108,3 +156,25 @@ def test_live_responses_conform_to_the_schema(granian: GranianServer, catalog: C
         conforms()
         tested.append(operation.label)
     assert len(tested) >= 6, tested
+
+
+def test_every_status_this_run_observed_is_documented(openapi: dict[str, Any]) -> None:
+    """Every status the service answered during this test run (Granian servers and in-process apps, schemathesis
+    included) is documented on its operation: this test runs last."""
+    observed = set(OBSERVED_STATUSES)
+    for server in LIVE_SERVERS:
+        record_statuses(server)
+        observed |= OBSERVED_STATUSES
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == "http_requests_total" and sample.value > 0:
+                observed.add((sample.labels["path"], sample.labels["method"], sample.labels["status"]))
+    undocumented = set()
+    for path, method, status in observed:
+        if path not in openapi["paths"]:
+            continue  # <unrouted>, the schema and docs routes: not operations of the API
+        responses = openapi["paths"][path][method.lower()]["responses"]
+        if status not in responses:
+            undocumented.add((method, path, status))
+    assert {path for path, _, _ in observed} & set(openapi["paths"]), "nothing was observed"
+    assert not undocumented

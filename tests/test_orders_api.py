@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,10 @@ from sqlalchemy import text
 
 from orders_service.app import create_app
 from orders_service.config import Settings
-from tests.conftest import Catalog
+from orders_service.database import ROLE_TIMEOUTS_QUERY
+from orders_service.transactions import SET_TIMEOUTS
+from tests.conftest import ALL_ROUTES, Catalog
+from tests.database import RUNTIME_TIME_ZONE
 
 Client = AsyncTestClient[Litestar]
 ALICE = {"X-User": "alice"}
@@ -160,50 +164,92 @@ async def test_no_orders_is_an_empty_list(client: Client, catalog: Catalog) -> N
     assert response.json() == []
 
 
-async def test_listing_uses_two_queries_whatever_the_number_of_orders(
-    client: Client, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    catalog.add(1, stock=100)
-    for _ in range(5):
-        await place(client, [{"product_id": 1, "qty": 1}])
-    statements = record_statements(monkeypatch)
-    orders = (await client.get("/orders/me", headers=ALICE)).json()
-    assert len(orders) == 5
-    assert len(statements) == 2
-
-
-async def test_placing_an_order_takes_two_statements(
+async def test_listing_is_one_round_trip_whatever_the_number_of_orders(
     client: Client, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     catalog.add(1, stock=100)
     catalog.add(2, stock=100)
-    catalog.add(3, stock=100)
-    statements = record_statements(monkeypatch)
-    response = await place(client, [{"product_id": p, "qty": 1} for p in (3, 1, 2)])
+    for _ in range(5):
+        await place(client, [{"product_id": 1, "qty": 1}, {"product_id": 2, "qty": 1}])
+    traffic = record_traffic(monkeypatch)
+    orders = (await client.get("/orders/me", headers=ALICE)).json()
+    assert len(orders) == 5
+    assert traffic == {"round trips": 1, "statements": 1, "timeouts sent": 0}
+
+
+@pytest.mark.parametrize("lines", [1, 10, 100])
+async def test_placing_an_order_is_one_round_trip_whatever_the_number_of_lines(
+    client: Client, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, lines: int
+) -> None:
+    for product_id in range(1, lines + 1):
+        catalog.add(product_id, stock=10)
+    traffic = record_traffic(monkeypatch)
+    response = await place(client, [{"product_id": p, "qty": 1} for p in range(lines, 0, -1)])
     assert response.status_code == 200
-    assert len(statements) == 2  # lock + read, then reserve + insert (plus BEGIN/COMMIT)
-    assert "FOR UPDATE" in statements[0]
-    assert "ORDER BY" in statements[0]
+    assert traffic == {"round trips": 1, "statements": 1, "timeouts sent": 0}
+    assert catalog.item_count() == lines
 
 
-def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every statement the app sends through psycopg from now on (BEGIN/COMMIT are not statements here)."""
-    statements: list[str] = []
-    execute = psycopg.AsyncCursor.execute
-
-    async def recording_execute(self: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-        statements.append(str(query))
-        return await execute(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.AsyncCursor, "execute", recording_execute)
-    return statements
-
-
-async def test_an_order_waiting_too_long_for_a_lock_is_503_and_writes_nothing(
-    settings: Settings, catalog: Catalog
+async def test_an_idempotency_key_adds_a_statement_not_a_round_trip(
+    client: Client, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     catalog.add(1, stock=10)
-    impatient = Settings.from_env({**settings.as_env(), "DB_LOCK_TIMEOUT_MS": "200"})
+    traffic = record_traffic(monkeypatch)
+    response = await client.post(
+        "/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={**ALICE, "Idempotency-Key": "one-trip"}
+    )
+    assert response.status_code == 200
+    assert traffic == {"round trips": 1, "statements": 2, "timeouts sent": 0}
+
+
+async def test_timeouts_other_than_the_roles_ride_along_in_the_same_round_trip(
+    settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test role's defaults are the default timeouts (print-grants): other configured ones are sent."""
+    catalog.add(1, stock=10)
+    stricter = Settings.from_env({**settings.as_env(), "DB_LOCK_TIMEOUT_MS": "4000"})
+    async with AsyncTestClient(app=create_app(stricter)) as client:
+        await client.get("/orders/me", headers=ALICE)  # the first connection: SQLAlchemy's dialect looks around
+        traffic = record_traffic(monkeypatch)
+        assert (await place(client, [{"product_id": 1, "qty": 1}])).status_code == 200
+        assert (await client.get("/orders/me", headers=ALICE)).status_code == 200
+    assert traffic == {"round trips": 2, "statements": 2, "timeouts sent": 2}
+
+
+def record_traffic(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count, from now on, the round trips the app makes (a pipeline, or a statement outside one), the
+    statements it sends, and how often it sends the per-transaction timeouts (``SET_TIMEOUTS``).
+    A new connection's one look at its role's timeouts is not counted."""
+    traffic = {"round trips": 0, "statements": 0, "timeouts sent": 0}
+    execute = psycopg.AsyncCursor.execute
+    pipeline = psycopg.AsyncConnection.pipeline
+
+    async def counting_execute(self: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        if query == ROLE_TIMEOUTS_QUERY:  # once per new connection, not per request
+            return await execute(self, query, *args, **kwargs)
+        if query == SET_TIMEOUTS:
+            traffic["timeouts sent"] += 1
+        else:
+            traffic["statements"] += 1
+        if self.connection._pipeline is None:
+            traffic["round trips"] += 1
+        return await execute(self, query, *args, **kwargs)
+
+    def counting_pipeline(self: psycopg.AsyncConnection[Any]) -> Any:
+        traffic["round trips"] += 1
+        return pipeline(self)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting_execute)
+    monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", counting_pipeline)
+    return traffic
+
+
+@pytest.mark.parametrize("route", ALL_ROUTES, indirect=True)
+async def test_an_order_waiting_too_long_for_a_lock_is_503_and_writes_nothing(
+    service_settings: Settings, settings: Settings, catalog: Catalog
+) -> None:
+    catalog.add(1, stock=10)
+    impatient = Settings.from_env({**service_settings.as_env(), "DB_LOCK_TIMEOUT_MS": "200"})
     with catalog.engine.connect() as other_writer:
         other_writer.execute(text(f"SELECT 1 FROM {settings.catalog_schema}.products WHERE id = 1 FOR UPDATE"))
         async with AsyncTestClient(app=create_app(impatient)) as client:
@@ -213,6 +259,39 @@ async def test_an_order_waiting_too_long_for_a_lock_is_503_and_writes_nothing(
     assert response.headers["retry-after"] == "1"
     assert catalog.stock(1) == 10
     assert catalog.order_count() == 0
+
+
+class Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_an_expected_503_is_one_warning_line_without_traceback_or_parameters(
+    settings: Settings, catalog: Catalog
+) -> None:
+    catalog.add(1, stock=10)
+    impatient = Settings.from_env({**settings.as_env(), "DB_LOCK_TIMEOUT_MS": "200"})
+    headers = {"X-User": "secret-user-4711", "Idempotency-Key": "secret-key-4711"}
+    with catalog.engine.connect() as other_writer:
+        other_writer.execute(text(f"SELECT 1 FROM {settings.catalog_schema}.products WHERE id = 1 FOR UPDATE"))
+        async with AsyncTestClient(app=create_app(impatient)) as client:
+            captured = Captured()  # after the app configured logging, which replaces the root's handlers
+            root = logging.getLogger()
+            root.addHandler(captured)
+            try:
+                response = await client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers=headers)
+            finally:
+                root.removeHandler(captured)
+        other_writer.rollback()
+    assert response.status_code == 503
+    lines = [(record.levelname, record.getMessage()) for record in captured.records if record.name != "httpx"]
+    assert lines == [("WARNING", "503 lock_timeout")]
+    assert captured.records[0].exc_info is None
+    assert not any("4711" in record.getMessage() for record in captured.records)
 
 
 async def test_cancelling_when_restock_would_overflow_is_409_and_changes_nothing(
@@ -227,3 +306,18 @@ async def test_cancelling_when_restock_would_overflow_is_409_and_changes_nothing
     assert response.json()["title"] == "Cannot restock"
     assert catalog.stock(1) == 2147483647
     assert (await client.get(f"/orders/{order['id']}", headers=ALICE)).json()["status"] == "placed"
+
+
+async def test_times_are_utc_whatever_the_roles_time_zone(client: Client, catalog: Catalog, settings: Settings) -> None:
+    async with await psycopg.AsyncConnection.connect(settings.conninfo) as connection:
+        assert (await (await connection.execute("SHOW TimeZone")).fetchone()) == (RUNTIME_TIME_ZONE,)
+    catalog.add(1, stock=10)
+    placed = (await place(client, [{"product_id": 1, "qty": 1}])).json()
+    cancelled = (await client.post(f"/orders/{placed['id']}/cancel", headers=ALICE)).json()
+    listed = (await client.get("/orders/me", headers=ALICE)).json()
+    fetched = (await client.get(f"/orders/{placed['id']}", headers=ALICE)).json()
+
+    stamps = [placed["created_at"], cancelled["created_at"], cancelled["cancelled_at"], listed[0]["created_at"]]
+    stamps += [fetched["created_at"], fetched["cancelled_at"]]
+    assert all(stamp.endswith("Z") for stamp in stamps), stamps
+    assert cancelled["created_at"] == placed["created_at"] == listed[0]["created_at"]

@@ -1,14 +1,14 @@
-"""Pure parts: line combining, reservation checks, settings validation."""
+"""Pure parts: line combining, rejection reasons, settings validation."""
 
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.pool import QueuePool
 
 from orders_service.config import ConfigError, Settings
-from orders_service.errors import OrderRejected
-from orders_service.repositories import LockedProduct, ReservedLine
+from orders_service.repositories import PlacementOutcome
 from orders_service.schemas import OrderLine
-from orders_service.services import check_reservable, combine_lines
+from orders_service.services import combine_lines, rejection
 
 
 def test_combine_lines_sums_duplicates_and_sorts_by_product_id() -> None:
@@ -17,25 +17,23 @@ def test_combine_lines_sums_duplicates_and_sorts_by_product_id() -> None:
     assert list(combine_lines(lines)) == [1, 3]
 
 
-def test_check_reservable_prices_lines_from_the_locked_rows() -> None:
-    locked = {1: LockedProduct(1, 250, 5), 2: LockedProduct(2, 1000, 1)}
-    assert check_reservable({1: 5, 2: 1}, locked) == [ReservedLine(1, 5, 250), ReservedLine(2, 1, 1000)]
+def test_unknown_products_win_over_missing_stock() -> None:
+    rejected = rejection(PlacementOutcome(missing=[9, 7], short=[1]), {1: 1, 7: 1, 9: 2})
+    assert rejected.reason == "missing_product"
+    assert rejected.product_ids == [7, 9]
+    assert rejected.detail == "unknown product id(s): 7, 9"
 
 
-def test_check_reservable_reports_every_missing_product_before_stock() -> None:
-    locked = {1: LockedProduct(1, 250, 0)}
-    with pytest.raises(OrderRejected) as rejected:
-        check_reservable({1: 1, 7: 1, 9: 2}, locked)
-    assert rejected.value.reason == "missing_product"
-    assert rejected.value.product_ids == [7, 9]
+def test_every_short_product_is_reported() -> None:
+    rejected = rejection(PlacementOutcome(short=[2, 1], total_cents=10), {1: 4, 2: 2, 3: 9})
+    assert rejected.reason == "insufficient_stock"
+    assert rejected.product_ids == [1, 2]
 
 
-def test_check_reservable_reports_every_short_product() -> None:
-    locked = {1: LockedProduct(1, 250, 3), 2: LockedProduct(2, 10, 1), 3: LockedProduct(3, 10, 9)}
-    with pytest.raises(OrderRejected) as rejected:
-        check_reservable({1: 4, 2: 2, 3: 9}, locked)
-    assert rejected.value.reason == "insufficient_stock"
-    assert rejected.value.product_ids == [1, 2]
+def test_a_total_beyond_bigint_names_every_product() -> None:
+    rejected = rejection(PlacementOutcome(total_cents=2**63), {1: 4, 2: 2})
+    assert rejected.reason == "total_too_large"
+    assert rejected.product_ids == [1, 2]
 
 
 def test_settings_defaults_match_the_contract() -> None:
@@ -74,10 +72,12 @@ def test_settings_reject_bad_values_naming_the_variable(name: str, value: str) -
 
 
 def test_fractional_pool_timeout_is_kept() -> None:
-    from orders_service.database import sqlalchemy_config  # noqa: PLC0415
+    from orders_service.database import request_engine  # noqa: PLC0415
 
-    config = sqlalchemy_config(Settings.from_env({"DB_POOL_TIMEOUT": "0.5"}))
-    assert config.engine_config.pool_timeout == 0.5
+    engine = request_engine(Settings.from_env({"DB_POOL_TIMEOUT": "0.5"}))
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.timeout() == 0.5
 
 
 def test_settings_round_trip_through_environment() -> None:

@@ -1,4 +1,4 @@
-"""Create the orders schema, orders and order_items.
+"""Create orders and order_items.
 
 Revision ID: 0001
 Revises:
@@ -19,8 +19,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # The schema exists already: env.py creates it when missing (its owner may lack CREATE on the database).
     schema = context.config.attributes["settings"].db_schema
-    op.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
     op.create_table(
         "orders",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),

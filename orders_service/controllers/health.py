@@ -2,39 +2,52 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Annotated, Literal
 
-from litestar import Controller, MediaType, Response, get
+import msgspec
+from litestar import Controller, Response, get
 from litestar.di import NamedDependency
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from litestar.openapi.datastructures import ResponseSpec
 
-from orders_service.config import Settings
+from orders_service.errors import RETRY_AFTER_SECONDS, DatabaseUnavailable
+from orders_service.readiness import check_tables
+from orders_service.resources import Resources
+
+
+class Health(msgspec.Struct, omit_defaults=True):
+    status: Annotated[Literal["ok", "unavailable"], msgspec.Meta(examples=["ok"])]
+    reason: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Why the instance is not ready (503 only).",
+            examples=['table_missing: relation "catalog.products" does not exist'],
+        ),
+    ] = None
+
+
+OK = Health("ok")
 
 
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get(operation_id="readiness", summary="Readiness: the database answers")
-    async def readiness(
-        self, db_engine: NamedDependency[AsyncEngine], settings: NamedDependency[Settings]
-    ) -> Response[dict[str, str]]:
-        """200 when the database answers within ``HEALTH_TIMEOUT`` seconds, else 503 with the reason."""
+    @get(
+        operation_id="readiness",
+        summary="Readiness: the database answers and has the service's tables",
+        responses={503: ResponseSpec(data_container=Health, description="Not ready; `reason` says why.")},
+    )
+    async def readiness(self, resources: NamedDependency[Resources]) -> Response[Health]:
+        """200 when the database answers within ``HEALTH_TIMEOUT`` on a connection of its own, else 503 and why."""
         try:
-            async with asyncio.timeout(settings.health_timeout):
-                async with db_engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
-        except TimeoutError:
-            return _unavailable(f"database did not answer within {settings.health_timeout}s")
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the reason is reported
-            return _unavailable(f"database error: {type(exc).__name__}")
-        return Response({"status": "ok"}, media_type=MediaType.JSON)
+            await check_tables(resources.readiness_runner)
+        except DatabaseUnavailable as exc:
+            reason = f"{exc.cause}: {exc.context}" if exc.context else exc.cause
+            return Response(
+                Health("unavailable", reason), status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS}
+            )
+        return Response(OK)
 
     @get("/live", operation_id="liveness", summary="Liveness: the process serves requests")
-    async def liveness(self) -> dict[str, str]:
-        return {"status": "ok"}
-
-
-def _unavailable(reason: str) -> Response[dict[str, str]]:
-    return Response({"status": "unavailable", "reason": reason}, status_code=503, media_type=MediaType.JSON)
+    async def liveness(self) -> Health:
+        return OK

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import ResponseHeader, State
-from litestar.di import NamedDependency, Provide
+from litestar.datastructures import ResponseHeader
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from orders_service.cursor import MAX_CURSOR_LENGTH
-from orders_service.guards import GATEWAY_USER_SCHEME, User, provide_user, require_json_body, require_user
+from orders_service.guards import (
+    GATEWAY_USER_SCHEME,
+    IDEMPOTENCY_KEY_HEADER,
+    User,
+    check_order_request,
+    require_user,
+)
 from orders_service.models import IDEMPOTENCY_KEY_MAX_LENGTH
 from orders_service.schemas import OrderCreate, OrderCreateDTO, OrderRead, ProblemDetails
 from orders_service.services import OrderService
@@ -25,7 +29,7 @@ REPLAY_HEADER = "Idempotent-Replayed"
 IdempotencyKeyHeader = Annotated[
     str | None,
     HeaderParameter(
-        name="Idempotency-Key",
+        name=IDEMPOTENCY_KEY_HEADER,
         min_length=1,
         max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
         pattern=r"^[\x20-\x7e]+$",
@@ -41,12 +45,20 @@ OrderId = Annotated[int, PathParameter(ge=1, le=2**53 - 1, description="The orde
 
 
 def _problem(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=ProblemDetails, description=description, media_type="application/problem+json")
+    return ResponseSpec(
+        data_container=ProblemDetails,
+        description=description,
+        media_type="application/problem+json",
+        generate_examples=False,
+    )
 
 
 COMMON_ERRORS = {
     401: _problem("X-User missing or blank."),
-    503: _problem("The database is unavailable; nothing was written. Retry later."),
+    503: _problem(
+        "The database could not serve the request (`reason` says why); retry after `Retry-After`. Nothing was "
+        "written, except when `detail` says the outcome of a write is unknown: retry with the same Idempotency-Key."
+    ),
 }
 
 
@@ -55,10 +67,10 @@ ORDER_ID_ERRORS = {
     404: _problem("No such order for this user (missing or someone else's)."),
     **COMMON_ERRORS,
 }
-
-
-async def provide_order_service(db_session: NamedDependency[AsyncSession]) -> AsyncGenerator[OrderService]:
-    yield OrderService(db_session)
+CANCEL_ERRORS = {
+    **ORDER_ID_ERRORS,
+    409: _problem("Restocking would push a product's stock beyond the largest integer; nothing changed."),
+}
 
 
 class OrderController(Controller):
@@ -66,14 +78,10 @@ class OrderController(Controller):
     tags = ["orders"]
     guards = [require_user]
     security = [{GATEWAY_USER_SCHEME: []}]
-    dependencies = {
-        "user": Provide(provide_user, sync_to_thread=False),
-        "orders": Provide(provide_order_service),
-    }
 
     @post(
         status_code=200,
-        guards=[require_json_body],
+        before_request=check_order_request,
         dto=OrderCreateDTO,
         return_dto=None,
         operation_id="placeOrder",
@@ -81,8 +89,9 @@ class OrderController(Controller):
         response_headers=[
             ResponseHeader(
                 name=REPLAY_HEADER,
+                value="true",  # documentation only: gives the header its schema (a string)
                 description="`true` when this response replays the order an earlier request with the same "
-                "Idempotency-Key placed.",
+                "Idempotency-Key placed; absent otherwise.",
                 documentation_only=True,
                 required=False,
             )
@@ -93,6 +102,7 @@ class OrderController(Controller):
                 "a total beyond bigint (`total_too_large`), an invalid body (`errors`), malformed JSON, "
                 "or a bad X-User / Idempotency-Key header."
             ),
+            413: _problem("The body is larger than 64 KiB."),
             415: _problem("The body is not declared as application/json."),
             422: _problem("The Idempotency-Key was already used with a different body."),
             **COMMON_ERRORS,
@@ -100,8 +110,8 @@ class OrderController(Controller):
     )
     async def place_order(
         self,
+        request: Request[User, Any, Any],
         data: JSONBody[OrderCreate],
-        user: NamedDependency[User],
         orders: NamedDependency[OrderService],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[OrderRead]:
@@ -109,7 +119,7 @@ class OrderController(Controller):
 
         Lines with the same `product_id` are combined. Each item keeps the product's price at order time.
         """
-        order, replayed = await orders.place_order(user.id, data.items, idempotency_key)
+        order, replayed = await orders.place_order(request.user.id, data.items, idempotency_key)
         return Response(order, headers={REPLAY_HEADER: "true"} if replayed else None)
 
     @get(
@@ -119,7 +129,9 @@ class OrderController(Controller):
         response_headers=[
             ResponseHeader(
                 name="Link",
-                description='`<…/orders/me?limit=…&cursor=…>; rel="next"` (RFC 8288) when there is a next page.',
+                value='</orders/me?limit=50&cursor=WyIyMDI2LTExLTI1VDIxOjQ4OjMwLjM5ODA5NFoiLDJd>; rel="next"',
+                description='`</orders/me?limit=…&cursor=…>; rel="next"` (RFC 8288, relative to the service) when '
+                "there is a next page; absent on the last page.",
                 documentation_only=True,
                 required=False,
             )
@@ -128,8 +140,7 @@ class OrderController(Controller):
     )
     async def list_my_orders(
         self,
-        request: Request[User, None, State],
-        user: NamedDependency[User],
+        request: Request[User, Any, Any],
         orders: NamedDependency[OrderService],
         limit: Annotated[
             int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="Orders per page (1-200).")
@@ -144,7 +155,7 @@ class OrderController(Controller):
         ] = None,
     ) -> Response[list[OrderRead]]:
         """The caller's orders, newest first, with their items, one page at a time (keyset pagination)."""
-        page, next_cursor = await orders.list_orders(user.id, limit, cursor)
+        page, next_cursor = await orders.list_orders(request.user.id, limit, cursor)
         headers = None
         if next_cursor is not None:
             # Relative, so it stays right behind the Gateway whatever Host/scheme reached us.
@@ -158,20 +169,20 @@ class OrderController(Controller):
         responses=ORDER_ID_ERRORS,
     )
     async def get_order(
-        self, order_id: OrderId, user: NamedDependency[User], orders: NamedDependency[OrderService]
+        self, request: Request[User, Any, Any], order_id: OrderId, orders: NamedDependency[OrderService]
     ) -> OrderRead:
         """The caller's order with its items."""
-        return await orders.get_order(user.id, order_id)
+        return await orders.get_order(request.user.id, order_id)
 
     @post(
         "/{order_id:int}/cancel",
         status_code=200,
         operation_id="cancelOrder",
         summary="Cancel one of my orders",
-        responses=ORDER_ID_ERRORS,
+        responses=CANCEL_ERRORS,
     )
     async def cancel_order(
-        self, order_id: OrderId, user: NamedDependency[User], orders: NamedDependency[OrderService]
+        self, request: Request[User, Any, Any], order_id: OrderId, orders: NamedDependency[OrderService]
     ) -> OrderRead:
         """Cancel a placed order and put its units back in stock. Cancelling a cancelled order changes nothing."""
-        return await orders.cancel_order(user.id, order_id)
+        return await orders.cancel_order(request.user.id, order_id)
