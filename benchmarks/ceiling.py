@@ -1,0 +1,152 @@
+"""The ceiling: pgbench runs the SQL of one request of each scenario, as the service sends it.
+
+Each pgbench script is the service's own pipeline: the per-transaction timeouts and the
+request's statement, compiled from the same SQLAlchemy Core statements, in one
+``\\startpipeline … \\endpipeline`` (one implicit transaction, one round trip), prepared.
+It runs against a copy of the benchmark database, so the service's figures start from the same
+tables. No service can pass these figures on the same machine.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+from benchmarks.seed import PRODUCTS, READERS
+from orders_service.config import Settings
+from orders_service.repositories import FIRST_PAGE, PLACE_ORDER
+from orders_service.statements import Statement
+from orders_service.transactions import SET_TIMEOUTS
+
+
+def _sql(statement: Statement | str, settings: Settings, values: dict[str, str]) -> str:
+    """The statement's SQL with each ``%(name)s`` replaced by a pgbench expression (or literal)."""
+    if isinstance(statement, Statement):
+        sql, literals = statement.compiled(PGDialect_psycopg(), settings.schema_translate_map)  # type: ignore[no-untyped-call]
+        values = {
+            **{name: repr(value) if isinstance(value, str) else str(value) for name, value in literals.items()},
+            **values,
+        }
+    else:
+        sql = statement
+    sql = re.sub(r"%\((\w+)\)s", lambda match: values[match.group(1)], sql)
+    return " ".join(sql.split()) + ";"
+
+
+def _timeouts(settings: Settings) -> str:
+    return _sql(
+        SET_TIMEOUTS,
+        settings,
+        {
+            "lock_timeout": f"'{settings.db_lock_timeout_ms}'",
+            "statement_timeout": f"'{settings.db_statement_timeout_ms}'",
+        },
+    )
+
+
+def create_script(settings: Settings, products: int, *, hot: bool = False) -> str:
+    """An order of ``products`` distinct products (ascending, as the service sends them), qty 1."""
+    bounds = [(1 + k * PRODUCTS // products, (k + 1) * PRODUCTS // products) for k in range(products)]
+    sets = [f"\\set p{k} random({low}, {high})" for k, (low, high) in enumerate(bounds)]
+    ids = "1" if hot else ", ".join(f":p{k}" for k in range(products))
+    place = _sql(
+        PLACE_ORDER,
+        settings,
+        {
+            "owner": "('buyer-' || :u)",
+            "idempotency_key": "NULL",
+            "product_ids": f"ARRAY[{ids}]",
+            "qtys": f"ARRAY[{', '.join(['1'] * (1 if hot else products))}]",
+        },
+    )
+    lines = ["\\set u random(1, 5000)", *([] if hot else sets), "\\startpipeline", _timeouts(settings), place]
+    return "\n".join([*lines, "\\endpipeline"]) + "\n"
+
+
+def list_script(settings: Settings) -> str:
+    page = _sql(FIRST_PAGE, settings, {"owner": "('reader-' || :r)", "limit": "51"})
+    return (
+        "\n".join([f"\\set r random(0, {READERS - 1})", "\\startpipeline", _timeouts(settings), page, "\\endpipeline"])
+        + "\n"
+    )
+
+
+def scripts(settings: Settings, scenario: str, directory: Path) -> list[str]:
+    """pgbench -f arguments (with weights) for a scenario."""
+
+    def write(name: str, text: str) -> str:
+        path = directory / f"{name}.sql"
+        path.write_text(text)
+        return str(path)
+
+    create = [f"{write(f'create{n}', create_script(settings, n))}@1" for n in (1, 2, 3)]
+    if scenario == "create":
+        return create
+    if scenario == "hot":
+        return [write("hot", create_script(settings, 1, hot=True))]
+    listing = write("list", list_script(settings))
+    if scenario == "list":
+        return [listing]
+    # mixed: 80 % list, 20 % create (create split over its three shapes)
+    return [f"{listing}@12", *create]
+
+
+def run_pgbench(pgbench: str, settings: Settings, scenario: str, *, clients: int, seconds: int) -> dict[str, float]:
+    """Run pgbench for ``scenario``; transactions per second and latency percentiles (ms) from its log."""
+    with tempfile.TemporaryDirectory(prefix="orders-pgbench-") as directory:
+        workdir = Path(directory)
+        files = scripts(settings, scenario, workdir)
+        command = [
+            pgbench,
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            "2",
+            "-T",
+            str(seconds),
+            "-l",
+            "--log-prefix",
+            str(workdir / "log"),
+            "-h",
+            settings.db_host,
+            "-p",
+            str(settings.db_port),
+            "-U",
+            settings.db_user,
+            settings.db_name,
+        ]
+        for spec in files:
+            command += ["-f", spec]
+        env = {"PGPASSWORD": settings.db_pass, "PATH": "/usr/bin:/bin"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=seconds + 120)
+        if result.returncode != 0:
+            raise RuntimeError(f"pgbench failed: {result.stderr[-2000:]}")
+        latencies = sorted(
+            int(line.split()[2]) / 1000
+            for log in workdir.glob("log*")
+            for line in log.read_text().splitlines()
+            if line.strip()
+        )
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", result.stdout)
+    failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
+    return {
+        "req_s": float(match[1]) if match else 0.0,
+        "p50_ms": _percentile(latencies, 50),
+        "p90_ms": _percentile(latencies, 90),
+        "p99_ms": _percentile(latencies, 99),
+        "max_ms": latencies[-1] if latencies else 0.0,
+        "non_2xx": float(failed[1]) if failed else 0.0,
+    }
+
+
+def _percentile(values: list[float], percent: int) -> float:
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(len(values) * percent / 100))]

@@ -1,0 +1,190 @@
+"""Results of a benchmark run as docs/benchmarks.md (tables, targets) and docs/benchmarks.png (a chart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+SCENARIOS = ("create", "hot", "list", "mixed")
+TARGETS = {
+    "product >= 0.9 x floor (req/s)": 0.9,
+    "create CPU <= 0.9 ms/request (1 worker)": 0.9,
+    "list CPU <= 0.65 ms/request (1 worker)": 0.65,
+    "p99 <= 50 ms (create, list)": 50.0,
+    "peak RSS <= 120 MB per process": 120.0,
+}
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    return next((row for row in rows if all(row.get(k) == v for k, v in match.items())), None)
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    if not a or not b or not b["req_s"]:
+        return "-"
+    return f"{a['req_s'] / b['req_s']:.2f}"
+
+
+def _ms(row: dict[str, Any]) -> str:
+    return f"{row['p50_ms']:.1f} / {row['p90_ms']:.1f} / {row['p99_ms']:.1f} / {row['max_ms']:.0f}"
+
+
+def main_table(rows: list[dict[str, Any]], workers: int) -> list[str]:
+    lines = [
+        f"### {workers} worker{'s' if workers > 1 else ''}",
+        "",
+        "| scenario | product req/s | floor req/s | ceiling tx/s | product / floor | product / ceiling "
+        "| product p50/p90/p99/max ms | floor p50/p90/p99/max ms | product non-2xx | CPU ms/req product / floor "
+        "| peak RSS MB product / floor |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---|---|",
+    ]
+    for scenario in SCENARIOS:
+        product = _find(rows, scenario=scenario, target="product", workers=workers, variant="")
+        floor = _find(rows, scenario=scenario, target="floor", workers=workers, variant="")
+        top = _find(rows, scenario=scenario, target="ceiling")
+        if not product:
+            continue
+        floor_cpu = floor["cpu_ms_per_request"] if floor else "-"
+        floor_rss = floor["peak_rss_mb_per_process"] if floor else "-"
+        lines.append(
+            f"| {scenario} | {product['req_s']:.0f} | {floor['req_s'] if floor else 0:.0f} | "
+            f"{top['req_s'] if top else 0:.0f} | {_ratio(product, floor)} | {_ratio(product, top)} | {_ms(product)} | "
+            f"{_ms(floor) if floor else '-'} | {product['non_2xx']} | {product['cpu_ms_per_request']} / {floor_cpu} | "
+            f"{product['peak_rss_mb_per_process']} / {floor_rss} |"
+        )
+    return [*lines, ""]
+
+
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| target | workers | measured | met |", "|---|---:|---|:-:|"]
+    for workers in sorted({row["workers"] for row in rows if row["target"] == "product" and not row["variant"]}):
+        for scenario in SCENARIOS:
+            product = _find(rows, scenario=scenario, target="product", workers=workers, variant="")
+            floor = _find(rows, scenario=scenario, target="floor", workers=workers, variant="")
+            if product and floor:
+                ratio = product["req_s"] / floor["req_s"]
+                met = "yes" if ratio >= 0.9 else "no"
+                lines.append(f"| product >= 0.9 x floor, {scenario} | {workers} | {ratio:.2f} | {met} |")
+    for scenario, limit in (("create", 0.9), ("list", 0.65)):
+        product = _find(rows, scenario=scenario, target="product", workers=1, variant="")
+        if product:
+            cpu = product["cpu_ms_per_request"]
+            lines.append(f"| {scenario} CPU <= {limit} ms/request | 1 | {cpu} ms | {'yes' if cpu <= limit else 'no'} |")
+    for row in rows:
+        if row["target"] == "product" and not row["variant"] and row["scenario"] in {"create", "list"}:
+            p99, met = row["p99_ms"], "yes" if row["p99_ms"] <= 50 else "no"
+            lines.append(f"| p99 <= 50 ms, {row['scenario']} | {row['workers']} | {p99:.1f} ms | {met} |")
+    products = [r for r in rows if r["target"] == "product" and not r["variant"]]
+    errors = sum(r["non_2xx"] + r["socket_errors"] for r in products)
+    lines.append(f"| zero non-2xx | all | {errors} | {'yes' if errors == 0 else 'no'} |")
+    rss = max((r["peak_rss_mb_per_process"] or 0 for r in products), default=0)
+    lines.append(f"| peak RSS <= 120 MB per process | all | {rss} MB | {'yes' if rss <= 120 else 'no'} |")
+    return [*lines, ""]
+
+
+def variants(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| scenario | variant | req/s | vs default (1 worker) | p50/p90/p99/max ms | non-2xx | CPU ms/req |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        if (
+            row["target"] == "product"
+            and row["variant"]
+            and "lines" not in row["variant"]
+            and "page" not in row["variant"]
+        ):
+            default = _find(rows, scenario=row["scenario"], target="product", workers=1, variant="")
+            lines.append(
+                f"| {row['scenario']} | {row['variant']} | {row['req_s']:.0f} | {_ratio(row, default)} | {_ms(row)} | "
+                f"{row['non_2xx']} | {row['cpu_ms_per_request']} |"
+            )
+    return [*lines, ""]
+
+
+def growth(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| request | req/s (4 connections) | p50 / p99 ms | CPU ms/req |", "|---|---:|---|---:|"]
+    for row in rows:
+        if "lines" in row["variant"] or "page" in row["variant"]:
+            lines.append(
+                f"| {row['variant']} | {row['req_s']:.0f} | {row['p50_ms']:.2f} / {row['p99_ms']:.2f} | "
+                f"{row['cpu_ms_per_request']} |"
+            )
+    return [*lines, ""]
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - a dev dependency, only for the report
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = results["rows"]
+    workers = sorted({row["workers"] for row in rows if row["target"] == "product" and not row["variant"]})
+    figure, axes = plt.subplots(2, len(workers), figsize=(6 * len(workers), 8), squeeze=False)
+    for column, count in enumerate(workers):
+        for line, (metric, label) in enumerate((("req_s", "requests/s"), ("p99_ms", "p99 latency (ms)"))):
+            axis = axes[line][column]
+            width = 0.27
+            for offset, target in enumerate(("product", "floor", "ceiling")):
+                values = []
+                for scenario in SCENARIOS:
+                    match = (
+                        {"scenario": scenario, "target": target}
+                        if target == "ceiling"
+                        else {"scenario": scenario, "target": target, "workers": count, "variant": ""}
+                    )
+                    row = _find(rows, **match)
+                    values.append(row[metric] if row else 0)
+                axis.bar([i + (offset - 1) * width for i in range(len(SCENARIOS))], values, width, label=target)
+            axis.set_xticks(range(len(SCENARIOS)), SCENARIOS)
+            axis.set_ylabel(label)
+            axis.set_title(f"{label}, {count} worker{'s' if count > 1 else ''} (ceiling: pgbench)")
+            if metric == "p99_ms":
+                axis.axhline(50, color="grey", linestyle="--", linewidth=1)
+            axis.legend()
+    figure.suptitle(f"Orders service benchmark, {results['date']}, {results['machine']['cores']} cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def write(results: dict[str, Any]) -> None:
+    DOCS.mkdir(exist_ok=True)
+    chart(results, DOCS / "benchmarks.png")
+    rows = results["rows"]
+    machine = results["machine"]
+    settings = results["settings"]
+    workers = sorted({row["workers"] for row in rows if row["target"] == "product" and not row["variant"]})
+    lines = [
+        "# Benchmark results",
+        "",
+        'Generated by `uv run python -m benchmarks.run` (see the README, "Performance"); the latest run is',
+        "committed with its raw figures in `benchmarks/results/latest.json`. **Compare ratios within one",
+        "run, never absolute figures across runs**: the service, PostgreSQL and wrk share the machine.",
+        "",
+        f"- Run {results['run_id']} on {results['date']}, {results['took_s']} s in all.",
+        f"- Machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory']} of memory, Linux "
+        f"{machine['kernel']}, Python {machine['python']}, PostgreSQL {machine['postgresql']} on the same machine.",
+        f"- Load: wrk, {settings['wrk_threads']} thread, {settings['connections']} connections, "
+        f"{settings['duration_s']} s per scenario after a warm-up; the ceiling is pgbench with as many clients.",
+        "- Scenarios: `create` (1-3 random products of 1,000), `hot` (every order takes product 1), `list`",
+        "  (the first page of one of 1,000 readers with 30 orders each), `mixed` (80 % list, 20 % create).",
+        "- Product: `orders-service serve`. Floor: `benchmarks/floor/app.py` (Granian + Litestar + psycopg pool,",
+        "  hand-written SQL, no ORM, metrics or guard). Ceiling: pgbench running the service's own SQL of one",
+        "  request (its pipeline: timeouts and statement), prepared, on a copy of the tables.",
+        "",
+        "![req/s and p99 per scenario for product, floor and ceiling](benchmarks.png)",
+        "",
+        "## Product, floor and ceiling",
+        "",
+    ]
+    for count in workers:
+        lines += main_table(rows, count)
+    lines += ["## Targets", "", *targets(rows)]
+    lines += ["## Prepared statements off, and through PgBouncer (1 worker)", "", *variants(rows)]
+    lines += ["## Cost as the work grows (1 worker)", "", *growth(rows)]
+    checks = ", ".join(f"{name}: {'holds' if holds else 'BROKEN'}" for name, holds in results["invariants"].items())
+    lines += ["## Invariants, checked in the database after every run that writes", "", checks or "-", ""]
+    (DOCS / "benchmarks.md").write_text("\n".join(lines))

@@ -1,0 +1,325 @@
+"""The benchmark: the Orders service against its floor (a bare app) and its ceiling (pgbench), in one run.
+
+    uv run python -m benchmarks.run                            # everything, about 12 minutes
+    uv run python -m benchmarks.run --workers 1 --duration 5   # a quick look
+
+Needs wrk and pgbench (Debian's ``wrk`` and ``postgresql-client``; PgBouncer for the pooler
+variant). The database: ``BENCH_DATABASE_URL`` or ``TEST_DATABASE_URL`` (a server it may
+create databases on), else an embedded PostgreSQL. Writes ``benchmarks/results/latest.json``,
+``docs/benchmarks.png`` and ``docs/benchmarks.md``. Compare ratios from one run, never
+absolute figures across runs: the service, PostgreSQL and wrk share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from benchmarks import ceiling, measure, report
+from benchmarks.seed import HEAVY_USER, LIGHT_USER, Seeded, check_invariants, count_orders, seed
+from orders_service.config import Settings
+from tests.database import ProvisionedDatabase, postgres_server, provisioned_database
+from tests.pgbouncer import pgbouncer, plain_binary
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+SCENARIOS = ("create", "hot", "list", "mixed")
+CREATES = {"create", "hot"}
+
+
+@dataclass
+class Row:
+    """One measured run: what, on which target, how fast, what it cost."""
+
+    scenario: str
+    target: str  # product, floor, ceiling
+    workers: int
+    variant: str = ""
+    req_s: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    non_2xx: int = 0
+    socket_errors: int = 0
+    cpu_ms_per_request: float | None = None
+    peak_rss_mb_per_process: float | None = None
+    peak_rss_mb_tree: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bench:
+    database: ProvisionedDatabase
+    seeded: Seeded
+    connections: int
+    duration: int
+    log_dir: Path
+    rows: list[Row] = field(default_factory=list)
+    invariants: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        """What the product and the floor connect as: the least-privilege runtime role (print-grants)."""
+        return self.database.runtime
+
+    def until_quiet(self, interval: float = 0.3) -> None:
+        """Until no order has been added for ``interval`` seconds."""
+        last = -1
+        while (count := count_orders(self.database.admin, self.seeded)) != last:
+            last = count
+            time.sleep(interval)  # polling the database for the service to finish what wrk left in flight
+
+    def checkpoint(self) -> None:
+        """Start each measured run from a clean slate: no checkpoint of the previous run's writes in the middle."""
+        with psycopg.connect(self.database.admin.conninfo, autocommit=True) as connection:
+            connection.execute("CHECKPOINT")
+
+    def drive(
+        self,
+        served: measure.Served,
+        scenario: str,
+        target: str,
+        workers: int,
+        *,
+        variant: str = "",
+        script_args: list[str] | None = None,
+        connections: int | None = None,
+        seconds: float | None = None,
+    ) -> Row:
+        script = {"create": "create.lua", "hot": "hot.lua", "list": "list.lua", "mixed": "mixed.lua"}[scenario]
+        self.checkpoint()
+        orders_before, created_before = count_orders(self.database.admin, self.seeded), measure.orders_created(served)
+        with measure.usage_of(served.process.pid) as usage:
+            summary = measure.wrk(
+                served.base_url,
+                script,
+                script_args or [],
+                connections=connections or self.connections,
+                seconds=seconds or self.duration,
+            )
+        requests = int(summary["requests"])
+        row = Row(
+            scenario,
+            target,
+            workers,
+            variant,
+            req_s=round(requests / summary["duration_s"], 1),
+            p50_ms=summary["p50_ms"],
+            p90_ms=summary["p90_ms"],
+            p99_ms=summary["p99_ms"],
+            max_ms=summary["max_ms"],
+            non_2xx=int(summary["non_2xx"]),
+            socket_errors=int(summary["socket_errors"]),
+            cpu_ms_per_request=round(usage.cpu_seconds / max(requests, 1) * 1000, 3),
+            peak_rss_mb_per_process=round(usage.peak_rss_mb_per_process, 1),
+            peak_rss_mb_tree=round(usage.peak_rss_mb_tree, 1),
+        )
+        if scenario != "list":
+            answered = requests - row.non_2xx if scenario in CREATES else int(summary["placed"])
+            self.until_quiet()  # requests still in the service when wrk stopped (e.g. queued for a hot product)
+            created_after = measure.orders_created(served)
+            checks = check_invariants(
+                self.database.admin,
+                self.seeded,
+                new_orders=count_orders(self.database.admin, self.seeded) - orders_before,
+                answered=answered,
+                in_flight=connections or self.connections,
+                counted=None if created_before is None or created_after is None else created_after - created_before,
+            )
+            row.extra["invariants"] = checks
+            for name, holds in checks.items():
+                self.invariants[name] = self.invariants.get(name, True) and holds
+        self.rows.append(row)
+        print(
+            f"{target:8} {scenario:7} w={workers} {variant:20} {row.req_s:8.1f} req/s  p50 {row.p50_ms:6.2f}  "
+            f"p99 {row.p99_ms:7.2f} ms  non-2xx {row.non_2xx}  cpu {row.cpu_ms_per_request} ms/req  "
+            f"rss {row.peak_rss_mb_per_process} MB",
+            flush=True,
+        )
+        return row
+
+    def warm_up(self, served: measure.Served, workers: int, scenarios: tuple[str, ...]) -> None:
+        """Open every pooled connection and prepare the statements before anything is measured."""
+        for scenario in scenarios:
+            script = {"create": "create.lua", "hot": "hot.lua", "list": "list.lua", "mixed": "mixed.lua"}[scenario]
+            measure.wrk(served.base_url, script, [], connections=self.connections, seconds=2)
+
+
+def run_ceiling(bench: Bench, scenarios: tuple[str, ...]) -> None:
+    """pgbench on a copy of the database (its writes do not touch the tables the services use)."""
+    pgbench = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    copy = f"{bench.settings.db_name}_ceiling"
+    admin = Settings.from_env({**bench.database.admin.as_env(), "DB_NAME": "postgres"})
+    with psycopg.connect(admin.conninfo, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{bench.settings.db_name}"')
+    try:
+        # The runtime role, as the service: its role defaults hold the timeouts the scripts also set.
+        target = Settings.from_env({**bench.settings.as_env(), "DB_NAME": copy})
+        for scenario in scenarios:
+            figures = ceiling.run_pgbench(pgbench, target, scenario, clients=bench.connections, seconds=bench.duration)
+            row = Row(scenario, "ceiling", 0, non_2xx=int(figures["non_2xx"]))
+            row.req_s, row.p50_ms, row.p90_ms = figures["req_s"], figures["p50_ms"], figures["p90_ms"]
+            row.p99_ms, row.max_ms = figures["p99_ms"], figures["max_ms"]
+            bench.rows.append(row)
+            print(
+                f"ceiling  {scenario:7} {row.req_s:8.1f} tx/s  p50 {row.p50_ms:6.2f}  p99 {row.p99_ms:7.2f} ms",
+                flush=True,
+            )
+    finally:
+        with psycopg.connect(admin.conninfo, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+
+
+def run_targets(bench: Bench, workers: int, scenarios: tuple[str, ...]) -> None:
+    """Product and floor run side by side (the idle one costs nothing) and are driven back to back,
+    scenario by scenario, so that both meet the same database and the same machine."""
+    with (
+        measure.product(bench.settings, workers, bench.log_dir) as product,
+        measure.floor(bench.settings, workers, bench.log_dir) as floor,
+    ):
+        bench.warm_up(product, workers, scenarios)
+        bench.warm_up(floor, workers, scenarios)
+        for scenario in scenarios:
+            bench.drive(product, scenario, "product", workers)
+            bench.drive(floor, scenario, "floor", workers)
+
+
+def run_variants(bench: Bench, scenarios: tuple[str, ...]) -> None:
+    """One worker: prepared statements off; timeouts sent with every transaction (the role does not set
+    the configured ones); then through PgBouncer (transaction mode), as a pooler costs."""
+    for variant, overrides in (
+        ("prepared statements off", {"DB_PREPARED_STATEMENTS": "false"}),
+        ("timeouts sent per transaction", {"DB_LOCK_TIMEOUT_MS": "5001"}),
+    ):
+        with measure.product(bench.settings, 1, bench.log_dir, **overrides) as served:
+            bench.warm_up(served, 1, scenarios)
+            for scenario in scenarios:
+                bench.drive(served, scenario, "product", 1, variant=variant)
+    binary = plain_binary()
+    if binary is None:
+        print("pgbouncer not installed: no pooler figures", flush=True)
+        return
+    with (
+        pgbouncer(binary, bench.settings, [bench.settings], prepared=False) as pooled,
+        measure.product(pooled, 1, bench.log_dir) as served,
+    ):
+        bench.warm_up(served, 1, scenarios)
+        for scenario in scenarios:
+            bench.drive(served, scenario, "product", 1, variant="through PgBouncer")
+
+
+def run_growth(bench: Bench) -> None:
+    """The cost as the work grows: orders of 1, 10, 100 lines; a first page of 10 orders against one of 100,000."""
+    seconds, connections = max(3, bench.duration // 3), 4
+    with measure.product(bench.settings, 1, bench.log_dir) as served:
+        bench.warm_up(served, 1, ("create", "list"))
+        for lines in (1, 10, 100):
+            bench.drive(
+                served,
+                "create",
+                "product",
+                1,
+                variant=f"{lines} lines per order",
+                script_args=["1000", str(lines)],
+                connections=connections,
+                seconds=seconds,
+            )
+        for user in (LIGHT_USER, HEAVY_USER):
+            bench.drive(
+                served,
+                "list",
+                "product",
+                1,
+                variant=f"first page of {user}",
+                script_args=["1000", user],
+                connections=connections,
+                seconds=seconds,
+            )
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError):
+        memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": memory,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[ProvisionedDatabase]:
+    """A scratch database set up as in production (tests/database.py): migrated by its owner, served to a
+    least-privilege runtime role that holds the timeouts as its defaults (print-grants)."""
+    if url := os.environ.get("BENCH_DATABASE_URL"):
+        os.environ["TEST_DATABASE_URL"] = url
+    with postgres_server() as server, provisioned_database(server) as database:
+        yield database
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--workers", default="1,2", help="Granian workers to measure (comma-separated)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=int, default=12, help="seconds per scenario")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--no-variants", action="store_true", help="skip prepared statements off and PgBouncer")
+    parser.add_argument("--no-growth", action="store_true", help="skip the cost-as-the-work-grows runs")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    scenarios = tuple(args.scenarios.split(","))
+    started = time.time()
+    with bench_database() as database, tempfile.TemporaryDirectory(prefix="orders-bench-") as directory:
+        print(f"seeding {database.admin.db_name} …", flush=True)
+        seeded = seed(database.admin)
+        bench = Bench(database, seeded, args.connections, args.duration, Path(directory))
+        with psycopg.connect(database.admin.conninfo) as connection:
+            server_version = connection.execute("SHOW server_version").fetchone()
+        for workers in (int(w) for w in args.workers.split(",")):
+            run_targets(bench, workers, scenarios)
+        if not args.no_variants:
+            run_variants(bench, scenarios)
+        if not args.no_growth:
+            run_growth(bench)
+        run_ceiling(bench, scenarios)
+    results = {
+        "run_id": uuid.uuid4().hex[:8],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "took_s": round(time.time() - started),
+        "machine": {**machine(), "postgresql": server_version[0] if server_version else "?"},
+        "settings": {"connections": args.connections, "duration_s": args.duration, "wrk_threads": 1},
+        "invariants": bench.invariants,
+        "rows": [asdict(row) for row in bench.rows],
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    report.write(results)
+    print(f"results: {args.output}, docs/benchmarks.md, docs/benchmarks.png", flush=True)
+    return 0 if all(bench.invariants.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
