@@ -21,7 +21,12 @@ from orders_service.errors import (
     RestockOverflow,
     problem_details_plugin,
 )
-from orders_service.metrics import HTTPMetricsMiddleware, MetricsController, count_unrouted_response
+from orders_service.metrics import (
+    HTTPMetricsMiddleware,
+    MetricsController,
+    count_unrouted_response,
+    create_route_series,
+)
 from orders_service.openapi import complete_document, openapi_config, swagger_assets_router
 from orders_service.resources import Resources
 
@@ -56,7 +61,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         # The plugin serves `litestar database upgrade`; requests use `resources`, never its sessions.
         plugins=[SQLAlchemyPlugin(config=sqlalchemy_config(settings, resources.engine)), problem_details_plugin()],
-        on_startup=[*([complete_document] if settings.openapi_enabled else []), freeze_startup_objects],
+        on_startup=[
+            *([complete_document] if settings.openapi_enabled else []),
+            create_route_series,
+            freeze_startup_objects,
+        ],
         on_shutdown=[resources.close],
         middleware=[HTTPMetricsMiddleware()],
         before_send=[count_unrouted_response],
