@@ -6,7 +6,7 @@ import contextlib
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,12 +53,16 @@ def prometheus_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def running_prometheus(binary: str, target: str, directory: Path) -> Iterator[Prometheus]:
-    """Prometheus scraping ``target`` (host:port) every second as job ``orders``."""
+def running_prometheus(
+    binary: str, target: str, directory: Path, rule_files: Sequence[Path] = ()
+) -> Iterator[Prometheus]:
+    """Prometheus scraping ``target`` (host:port) every second as job ``orders``, evaluating ``rule_files``."""
     config = directory / "prometheus.yml"
+    rules = "".join(f"  - '{path}'\n" for path in rule_files)
     config.write_text(
         f"global:\n  scrape_interval: {SCRAPE_INTERVAL_SECONDS}s\n  evaluation_interval: {SCRAPE_INTERVAL_SECONDS}s\n"
         f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{target}']\n"
+        + (f"rule_files:\n{rules}" if rules else "")
     )
     port = free_port()
     log_path = directory / "prometheus.log"

@@ -2,7 +2,8 @@
 
 The rules pass ``promtool check rules`` and their unit tests (``promtool test rules``), every alert
 has a test where it fires and one where it does not, and the rules and the dashboard use only
-series the service exports (read from its /metrics), series the rules record, and ``up``.
+series the service exports (read from its /metrics), series the rules record, and ``up``. A real
+Prometheus evaluates the rules against the running service.
 """
 
 from __future__ import annotations
@@ -11,17 +12,24 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import unavailable
+from orders_service.causes import UnavailableCause
+from orders_service.config import Settings
+from tests.conftest import Catalog, unavailable
+from tests.granian import start_granian
+from tests.prometheus_server import JOB, Prometheus, prometheus_binary, running_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -306,3 +314,69 @@ def test_the_dashboard_shows_every_metric_of_the_service(exposition: dict[str, s
     ours = {family: names for family, names in exposition.items() if not family.startswith(("process_", "python_"))}
     assert ours
     assert {family for family, names in ours.items() if not names & used} == set()
+
+
+# --- a real Prometheus evaluates the rules against the running service ------------------------
+
+
+def _rules_once_evaluated(prometheus: Prometheus, within: float = 30.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + within
+    while True:
+        response = httpx.get(f"{prometheus.base_url}/api/v1/rules", timeout=10)
+        evaluated = [rule for group in response.json()["data"]["groups"] for rule in group["rules"]]
+        if all(rule["health"] != "unknown" for rule in evaluated) or time.monotonic() > deadline:
+            return evaluated
+        time.sleep(0.25)  # polling an outside process
+
+
+def place_orders(client: httpx.Client) -> None:
+    for _ in range(5):
+        assert client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}).status_code == 200
+
+
+def test_a_real_prometheus_evaluates_every_rule_against_the_service(
+    settings: Settings, catalog: Catalog, tmp_path: Path
+) -> None:
+    """What promtool cannot see: label names and values as the service really exports them.
+
+    Prometheus scrapes the 2-worker service as job ``orders`` and evaluates the rule files: every rule
+    evaluates without error, every recording rule has series with the service's labels, and
+    nothing fires on a healthy service.
+    """
+    binary = prometheus_binary()
+    if binary is None:
+        unavailable("prometheus is not installed (Debian package prometheus)")
+    assert binary is not None
+    catalog.add(1, stock=100)
+    with start_granian(settings, workers=2, metrics_dir=tmp_path / "metrics") as server:
+        target = urlsplit(server.base_url).netloc
+        with running_prometheus(binary, target, tmp_path, rule_files=RULE_FILES) as prometheus:
+            prometheus.wait_for(f'up{{job="{JOB}"}}', 1)
+            with httpx.Client(base_url=server.base_url, headers={"X-User": "monitored"}) as client:
+                place_orders(client)
+                # A route's histogram series appear with its first request: rate() needs a second batch.
+                buckets = 'orders:http_request_duration_seconds_bucket:rate5m{path="/orders", le="+Inf"}'
+                prometheus.wait_for(f"count({buckets})", 1)
+                place_orders(client)
+            prometheus.wait_for('count(orders:http_request_duration_seconds:p99_5m{path="/orders"} >= 0)', 1)
+
+            evaluated = _rules_once_evaluated(prometheus)
+            assert len(evaluated) == len(list(rules()))
+            assert [(rule["name"], rule.get("lastError")) for rule in evaluated if rule["health"] != "ok"] == []
+            for name in recorded_series():
+                assert prometheus.query(name), f"{name} has no series"
+
+            by_status = prometheus.query("orders:http_requests:rate5m")
+            assert {series["metric"]["status_class"] for series in by_status} <= {"2xx", "4xx", "5xx"}
+            assert {"/orders", "/orders/me", "/health"} <= {series["metric"]["path"] for series in by_status}
+            causes = prometheus.query("orders:service_unavailable_responses:rate5m")
+            assert {series["metric"]["cause"] for series in causes} == set(get_args(UnavailableCause))
+            assert prometheus.value('orders:http_requests:rate5m{path="/orders", status_class="2xx"}') > 0  # type: ignore[operator]
+            assert prometheus.value("orders:http_requests_5xx:ratio_rate5m") == 0
+            assert prometheus.value("orders:order_rejections:ratio_rate5m") == 0
+            utilisation = prometheus.value('orders:db_pool_utilisation:ratio{pool="requests"}')
+            assert utilisation is not None
+            assert 0 <= utilisation <= 1
+
+            alerts_now = httpx.get(f"{prometheus.base_url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+            assert [alert for alert in alerts_now if alert["state"] == "firing"] == []
