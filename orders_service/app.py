@@ -8,7 +8,9 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.logging import LoggingConfig
+from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler
+from opentelemetry.sdk.trace import SpanProcessor
 
 from orders_service.config import Settings
 from orders_service.controllers.health import HealthController
@@ -24,6 +26,7 @@ from orders_service.errors import (
 from orders_service.metrics import HTTPMetricsMiddleware, MetricsController, count_unrouted_response
 from orders_service.openapi import complete_document, openapi_config, swagger_assets_router
 from orders_service.resources import Resources
+from orders_service.tracing import TracingPlugin, tracing_enabled
 
 MAX_BODY_BYTES = 64 * 1024
 VERSION = "0.1.0"
@@ -39,13 +42,24 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """Build the app for ``settings`` (default: from the environment). Opens no connection."""
+def create_app(settings: Settings | None = None, *, span_processor: SpanProcessor | None = None) -> Litestar:
+    """Build the app for ``settings`` (default: from the environment). Opens no connection.
+
+    Traced when the ``OTEL_*`` variables turn tracing on; ``span_processor`` then receives the spans
+    instead of the OTLP exporter.
+    """
     settings = settings or Settings.from_env()
     resources = Resources.create(settings)
     handlers: list[ControllerRouterHandler] = [OrderController, HealthController, MetricsController]
     if settings.openapi_enabled:
         handlers.append(swagger_assets_router())
+    # The plugin serves `litestar database upgrade`; requests use `resources`, never its sessions.
+    plugins: list[PluginProtocol] = [
+        SQLAlchemyPlugin(config=sqlalchemy_config(settings, resources.engine)),
+        problem_details_plugin(),
+    ]
+    if tracing_enabled():
+        plugins.append(TracingPlugin(resources.engine, span_processor))
     return Litestar(
         route_handlers=handlers,
         # Made once per app (a worker): each handler resolves at most one dependency per request,
@@ -54,8 +68,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "resources": Provide(lambda: resources, sync_to_thread=False, use_cache=True),
             "orders": Provide(lambda: resources.orders, sync_to_thread=False, use_cache=True),
         },
-        # The plugin serves `litestar database upgrade`; requests use `resources`, never its sessions.
-        plugins=[SQLAlchemyPlugin(config=sqlalchemy_config(settings, resources.engine)), problem_details_plugin()],
+        plugins=plugins,
         on_startup=[*([complete_document] if settings.openapi_enabled else []), freeze_startup_objects],
         on_shutdown=[resources.close],
         middleware=[HTTPMetricsMiddleware()],
