@@ -1,15 +1,21 @@
 """OpenTelemetry tracing, in-process with the SDK's in-memory exporter: one trace per request, continuing
-``traceparent``, a child span per SQL statement; nothing at all when tracing is off."""
+``traceparent``, a child span per SQL statement; nothing at all when tracing is off. Then once under
+real Granian, exporting to a real OTLP/HTTP receiver."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from litestar import Litestar, get
 from litestar.plugins.opentelemetry import OpenTelemetryPlugin
 from litestar.testing import AsyncTestClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -19,6 +25,8 @@ from orders_service.app import create_app
 from orders_service.config import Settings
 from orders_service.tracing import TracingPlugin
 from tests.conftest import Catalog
+from tests.granian import start_service
+from tests.otlp_sink import otlp_sink
 
 Client = AsyncTestClient[Litestar]
 ALICE = {"X-User": "alice"}
@@ -201,3 +209,46 @@ def test_the_traces_endpoint_alone_turns_tracing_on(monkeypatch: pytest.MonkeyPa
     attributes = tracing.provider.resource.attributes
     assert (attributes["service.name"], attributes["deployment.environment"]) == ("orders-eu", "test")
     tracing.provider.shutdown()
+
+
+def test_the_served_service_exports_its_spans_over_otlp_and_flushes_them_when_it_stops(
+    settings: Settings, catalog: Catalog, tmp_path: Path
+) -> None:
+    """Real Granian (1 worker) and a real OTLP/HTTP receiver: spans leave the worker, the last ones at SIGTERM."""
+    with otlp_sink(keep=True) as sink:
+        env = {
+            **os.environ,
+            **settings.as_env(),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+            "OTEL_SERVICE_NAME": "orders-e2e",
+        }
+        env.pop("OTEL_SDK_DISABLED", None)
+        with start_service(["serve"], env, workers=1, log_dir=tmp_path) as server:
+            traceparent = f"00-{GATEWAY_TRACE_ID}-{GATEWAY_SPAN_ID}-01"
+            response = httpx.get(
+                f"{server.base_url}/orders/me", headers={**ALICE, "traceparent": traceparent}, timeout=10
+            )
+            assert response.status_code == 200
+            assert server.terminate() == 0  # before the batch's schedule delay: shutdown must export it
+        spans = [
+            (span, scope_spans.scope.name, resource_spans.resource)
+            for body in sink.bodies
+            for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+    assert len(spans) == 2, server.log()
+    (server_span, _, resource), (sql_span, scope, _) = sorted(
+        spans, key=lambda item: item[0].kind != Span.SPAN_KIND_SERVER
+    )
+    assert {attribute.key: attribute.value.string_value for attribute in resource.attributes}["service.name"] == (
+        "orders-e2e"
+    )
+    assert server_span.name == "GET /orders/me"
+    assert server_span.trace_id.hex() == GATEWAY_TRACE_ID
+    assert server_span.parent_span_id.hex() == GATEWAY_SPAN_ID
+    assert sql_span.kind == Span.SPAN_KIND_CLIENT
+    assert scope == "opentelemetry.instrumentation.psycopg"
+    assert sql_span.trace_id.hex() == GATEWAY_TRACE_ID
+    assert sql_span.parent_span_id == server_span.span_id
