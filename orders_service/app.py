@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import TYPE_CHECKING
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
@@ -10,7 +11,6 @@ from litestar.di import Provide
 from litestar.logging import LoggingConfig
 from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler
-from opentelemetry.sdk.trace import SpanProcessor
 
 from orders_service.config import Settings
 from orders_service.controllers.health import HealthController
@@ -26,7 +26,10 @@ from orders_service.errors import (
 from orders_service.metrics import HTTPMetricsMiddleware, MetricsController, count_unrouted_response
 from orders_service.openapi import complete_document, openapi_config, swagger_assets_router
 from orders_service.resources import Resources
-from orders_service.tracing import TracingPlugin, tracing_enabled
+from orders_service.tracing import tracing_enabled
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
 
 MAX_BODY_BYTES = 64 * 1024
 VERSION = "0.1.0"
@@ -59,6 +62,8 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
         problem_details_plugin(),
     ]
     if tracing_enabled():
+        from orders_service.tracing_plugin import TracingPlugin  # noqa: PLC0415 - OpenTelemetry loads only when on
+
         plugins.append(TracingPlugin(resources.engine, span_processor))
     return Litestar(
         route_handlers=handlers,

@@ -1,48 +1,18 @@
-"""OpenTelemetry tracing: a server span per request, continuing the Gateway's ``traceparent``, and a child span
-per SQL statement, exported over OTLP/HTTP.
+"""Whether to trace: OpenTelemetry, on when an OTLP endpoint is set and ``OTEL_SDK_DISABLED`` is not true.
 
-Configured by the standard ``OTEL_*`` variables, read by the SDK itself (``OTEL_EXPORTER_OTLP_*``,
-``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``,
-``OTEL_PROPAGATORS``). On only when an OTLP endpoint is set and ``OTEL_SDK_DISABLED`` is not true;
-off, nothing of OpenTelemetry is on the request path.
-
-The provider is made with the app, that is in each Granian worker: the batch processor's export
-thread runs in the process whose spans it exports. It is not the global provider: it is handed to
-the ASGI middleware and to the request engine's connections, nothing else in the process traces.
+On, each request is a trace (a server span continuing the Gateway's ``traceparent``, a child span
+per SQL statement) exported over OTLP/HTTP (``tracing_plugin.py``); everything else comes from the
+standard ``OTEL_*`` variables, read by the SDK itself: ``OTEL_EXPORTER_OTLP_*``, ``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``, ``OTEL_PROPAGATORS``.
+Off, nothing of OpenTelemetry is loaded, let alone on the request path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.plugins import InitPlugin
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import ConnectionPoolEntry
-
-from orders_service.trace_ids import add_trace_ids_to_logs
-
-if TYPE_CHECKING:
-    from litestar.config.app import AppConfig
-    from litestar.types import ASGIApp, Receive, Scope, Send
-
-DEFAULT_SERVICE_NAME = "orders-service"
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-# Probes and scrapes every few seconds would drown the traces that matter.
-UNTRACED_PATHS = [r"^/health", r"^/metrics$"]
 
 
 def tracing_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -51,72 +21,3 @@ def tracing_enabled(environ: Mapping[str, str] | None = None) -> bool:
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
     return any(env.get(name, "").strip() for name in ENDPOINT_VARIABLES)
-
-
-def service_resource() -> Resource:
-    """``service.name`` from ``OTEL_SERVICE_NAME`` (default ``orders-service``), plus ``OTEL_RESOURCE_ATTRIBUTES``."""
-    from_env = OTELResourceDetector().detect().attributes
-    return Resource.create({SERVICE_NAME: DEFAULT_SERVICE_NAME, **from_env})
-
-
-class TracingPlugin(InitPlugin):
-    """Adds Litestar's OpenTelemetry plugin, traces the request engine's SQL, shuts the provider down with the app."""
-
-    __slots__ = ("engine", "provider")
-
-    def __init__(self, engine: AsyncEngine, span_processor: SpanProcessor | None = None) -> None:
-        """``span_processor``: where spans go (default: batched to the OTLP exporter the ``OTEL_*`` variables set)."""
-        self.engine = engine
-        self.provider = TracerProvider(resource=service_resource())
-        self.provider.add_span_processor(span_processor or BatchSpanProcessor(OTLPSpanExporter()))
-        # Only the request engine: the readiness engine's SQL belongs to /health, which is not traced.
-        event.listen(engine.sync_engine, "connect", self._trace_statements)
-        super().__init__()
-
-    def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        config = OpenTelemetryConfig(
-            tracer_provider=self.provider,
-            exclude=UNTRACED_PATHS,
-            # The span is named when the request is routed (NameSpanByRoute); the path holds ids.
-            scope_span_details_extractor=_method_only,
-            # Spans for each ASGI message would only say when the body was read and written.
-            exclude_spans=["receive", "send"],
-        )
-        app_config.plugins.append(OpenTelemetryPlugin(config))
-        app_config.middleware.append(NameSpanByRoute())
-        app_config.on_startup.append(add_trace_ids_to_logs)  # after Litestar has configured logging
-        app_config.on_shutdown.append(self.shutdown)
-        return app_config
-
-    def _trace_statements(self, dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        """Pool connect hook: the psycopg connection's cursors make a span per execute, pipelined ones included.
-
-        No parameter values in the spans (the instrumentation's default); the statement text is there.
-        """
-        PsycopgInstrumentor.instrument_connection(dbapi_connection.driver_connection, tracer_provider=self.provider)
-
-    async def shutdown(self) -> None:
-        """Export what is still buffered; blocks on the exporter, so off the event loop."""
-        await asyncio.to_thread(self.provider.shutdown)
-
-
-def _method_only(scope: Scope) -> tuple[str, dict[str, Any]]:
-    return str(scope.get("method", "")), {}
-
-
-class NameSpanByRoute(ASGIMiddleware):
-    """Names the request's server span ``{method} {route}`` once routing has found the route template.
-
-    The OpenTelemetry middleware wraps the whole app, so it starts the span before routing; a
-    request that matches no route keeps the method alone as its name, as the conventions say.
-    """
-
-    scopes = (ScopeType.HTTP,)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        span = trace.get_current_span()
-        if span.is_recording():
-            route = scope["path_template"]
-            span.update_name(f"{scope['method']} {route}")  # type: ignore[typeddict-item]  # HTTP only
-            span.set_attribute(HTTP_ROUTE, route)
-        await next_app(scope, receive, send)

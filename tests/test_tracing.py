@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
 from orders_service.app import create_app
 from orders_service.config import Settings
-from orders_service.tracing import TracingPlugin
+from orders_service.tracing_plugin import TracingPlugin
 from tests.conftest import Catalog
 from tests.granian import start_service
 from tests.otlp_sink import otlp_sink
