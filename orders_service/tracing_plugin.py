@@ -48,11 +48,10 @@ def service_resource() -> Resource:
 class TracingPlugin(InitPlugin):
     """Adds Litestar's OpenTelemetry plugin, traces the request engine's SQL, shuts the provider down with the app."""
 
-    __slots__ = ("engine", "provider")
+    __slots__ = ("provider",)
 
     def __init__(self, engine: AsyncEngine, span_processor: SpanProcessor | None = None) -> None:
         """``span_processor``: where spans go (default: batched to the OTLP exporter the ``OTEL_*`` variables set)."""
-        self.engine = engine
         self.provider = TracerProvider(resource=service_resource())
         self.provider.add_span_processor(span_processor or BatchSpanProcessor(OTLPSpanExporter()))
         # Only the request engine: the readiness engine's SQL belongs to /health, which is not traced.
