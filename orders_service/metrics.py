@@ -123,7 +123,7 @@ class HTTPMetricsMiddleware(ASGIMiddleware):
 
 
 def create_route_series(app: Litestar) -> None:
-    """Startup hook: ``http_requests_total`` at 0 for every route, method and status it documents."""
+    """Startup hook: ``http_requests_total`` at 0 for every route, method and status it documents, and the durations."""
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
@@ -133,6 +133,7 @@ def create_route_series(app: Litestar) -> None:
                 continue
             statuses = {handler.status_code, *(handler.responses or {})}
             for method in handler.http_methods:
+                HTTP_REQUEST_DURATION.labels(SERVICE, route.path_format, method)
                 for status in statuses:
                     HTTP_REQUESTS.labels(SERVICE, route.path_format, method, str(status))
 

@@ -199,6 +199,8 @@ def test_every_documented_outcome_has_a_series_before_its_first_request(granian:
         if status != "default" and ("http_requests_total", _labels(path, method.upper(), status)) not in samples
     ]
     assert missing == []
+    timed = {dict(labels)["path"] for name, labels in samples if name == "http_request_duration_seconds_count"}
+    assert set(document["paths"]) <= timed
     causes = {dict(labels)["cause"] for name, labels in samples if name == "service_unavailable_responses_total"}
     assert causes == set(get_args(UnavailableCause))
 
