@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import gc
+import logging
+from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.logging import LoggingConfig
-from litestar.types import ControllerRouterHandler
+from litestar.types import ControllerRouterHandler, LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
+from orders_service import logs
 from orders_service.config import Settings
 from orders_service.controllers.health import HealthController
 from orders_service.controllers.orders import OrderController
@@ -23,6 +27,7 @@ from orders_service.errors import (
 )
 from orders_service.metrics import HTTPMetricsMiddleware, MetricsController, count_unrouted_response
 from orders_service.openapi import complete_document, openapi_config, swagger_assets_router
+from orders_service.request_log import RequestLog
 from orders_service.resources import Resources
 
 MAX_BODY_BYTES = 64 * 1024
@@ -39,6 +44,22 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+class OrdersApp(Litestar):
+    """Litestar with every HTTP request inside ``RequestLog``, those that match no route included."""
+
+    def __init__(self, request_log: RequestLog, **config: Any) -> None:
+        super().__init__(**config)
+        self.request_log = request_log
+
+    async def __call__(
+        self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive, send: Send | LifeSpanSend
+    ) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            await self.request_log(scope, receive, send, super().__call__)  # type: ignore[arg-type]
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the app for ``settings`` (default: from the environment). Opens no connection."""
     settings = settings or Settings.from_env()
@@ -46,7 +67,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     handlers: list[ControllerRouterHandler] = [OrderController, HealthController, MetricsController]
     if settings.openapi_enabled:
         handlers.append(swagger_assets_router())
-    return Litestar(
+    logging.captureWarnings(True)  # a warning is a log line like any other
+    return OrdersApp(
+        request_log=RequestLog(settings),
         route_handlers=handlers,
         # Made once per app (a worker): each handler resolves at most one dependency per request,
         # since Litestar resolves several of the same level in a task group.
@@ -62,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         before_send=[count_unrouted_response],
         openapi_config=openapi_config(version=VERSION) if settings.openapi_enabled else None,
         logging_config=LoggingConfig(
-            root={"level": "INFO", "handlers": ["queue_listener"]},
+            **logs.app_config(settings),
             log_exceptions="always",
             # Client errors are answered, not logged with a traceback.
             disable_stack_trace={
