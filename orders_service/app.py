@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
@@ -67,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     handlers: list[ControllerRouterHandler] = [OrderController, HealthController, MetricsController]
     if settings.openapi_enabled:
         handlers.append(swagger_assets_router())
-    logging.captureWarnings(True)  # a warning is a log line like any other
+    logs.configure_app_process()
     return OrdersApp(
         request_log=RequestLog(settings),
         route_handlers=handlers,

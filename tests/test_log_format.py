@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from orders_service.config import ConfigError, Settings
+from orders_service.log_writer import BackgroundLineWriter
 from orders_service.logs import REQUEST_ID, ConsoleFormatter, JsonFormatter, RequestContextFilter
 from orders_service.request_log import request_id_from
 
@@ -144,5 +146,24 @@ def test_serve_with_a_bad_log_setting_says_one_line_and_exits_2() -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("orders-service: invalid configuration: Invalid enum value 'xml' - at `$.LOG_FORMAT`")
+    assert result.stderr == "orders-service: invalid configuration: Invalid enum value 'xml' - at `$.LOG_FORMAT`\n"
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_background_writer_writes_every_line_in_order_by_the_time_it_is_closed() -> None:
+    stream = io.StringIO()
+    writer = BackgroundLineWriter(stream)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    for number in range(2500):
+        writer.handle(record("line %d", number))
+    writer.close()
+    assert stream.getvalue() == "".join(f"line {number}\n" for number in range(2500))
+    writer.close()  # dictConfig and logging.shutdown may both close it
+
+
+def test_the_background_writer_survives_a_closed_stdout() -> None:
+    stream = io.StringIO()
+    stream.close()
+    writer = BackgroundLineWriter(stream)
+    writer.handle(record())
+    writer.close()
