@@ -25,7 +25,7 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 """The id of the request the current task is handling (set by ``orders_service.request_log``)."""
 
 # LogRecord attributes written as fields of their own when set; ``extra=`` of a logging call sets them.
-CONTEXT_FIELDS = ("request_id", "trace_id", "method", "path", "status", "duration_ms", "user")
+CONTEXT_FIELDS = ("request_id", "trace_id", "span_id", "method", "path", "status", "duration_ms", "user")
 
 
 class RequestContextFilter(logging.Filter):
@@ -104,7 +104,9 @@ class ConsoleFormatter(logging.Formatter):
             parts.append(f"[{_printable(request_id)}]")
         parts.append(_printable(record.getMessage()))
         # The access line's message already says method, path, status and duration.
-        parts += (f"{name}={_printable(value)}" for name, value in fields.items() if name in ("trace_id", "user"))
+        parts += (
+            f"{name}={_printable(value)}" for name, value in fields.items() if name in ("trace_id", "span_id", "user")
+        )
         line = " ".join(parts)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)

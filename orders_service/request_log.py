@@ -8,6 +8,7 @@ variable for the whole request, so every line logged while handling it carries i
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -67,11 +68,13 @@ class RequestLog:
         request_id = request_id_from(sent_id)
         id_header = (_REQUEST_ID, request_id.encode("ascii"))
         status = 500  # when the app fails without answering
+        answering: contextvars.Context | None = None
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answering
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answering = contextvars.copy_context()
                 # A copy: the app may reuse its message.
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
             await send(message)
@@ -81,7 +84,14 @@ class RequestLog:
             await app(scope, receive, send_with_id)
         finally:
             if self._access_log:
-                self._log(scope, status, time.perf_counter() - started, user if self._log_user else None)
+                seconds = time.perf_counter() - started
+                user = user if self._log_user else None
+                # Logged as from where the response started: inside the middleware the app runs in
+                # (e.g. OpenTelemetry's, whose span a filter turns into the line's trace_id).
+                if answering is None:
+                    self._log(scope, status, seconds, user)
+                else:
+                    answering.run(self._log, scope, status, seconds, user)
             REQUEST_ID.reset(token)
 
     def _log(self, scope: HTTPScope, status: int, seconds: float, user: bytes | None) -> None:

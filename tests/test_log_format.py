@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from orders_service.config import ConfigError, Settings
 from orders_service.log_writer import BackgroundLineWriter
 from orders_service.logs import REQUEST_ID, ConsoleFormatter, JsonFormatter, RequestContextFilter
-from orders_service.request_log import request_id_from
+from orders_service.request_log import RequestLog, request_id_from
 
 # 2026-11-25T21:48:30.398Z
 CREATED = 1_795_643_310.398_7
@@ -167,3 +169,42 @@ def test_the_background_writer_survives_a_closed_stdout() -> None:
     writer = BackgroundLineWriter(stream)
     writer.handle(record())
     writer.close()
+
+
+MIDDLEWARE_CONTEXT: contextvars.ContextVar[str | None] = contextvars.ContextVar("middleware_context", default=None)
+
+
+async def test_the_access_line_is_logged_in_the_context_the_response_started_in() -> None:
+    """What a middleware inside sets for the request (OpenTelemetry's span) reaches the access line's filters."""
+
+    async def app_in_a_middleware(scope: Any, receive: Any, send: Any) -> None:
+        token = MIDDLEWARE_CONTEXT.set("span-of-this-request")
+        try:
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            MIDDLEWARE_CONTEXT.reset(token)
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request"}
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    def filter_like_the_tracing(record: logging.LogRecord) -> bool:
+        seen.append((MIDDLEWARE_CONTEXT.get(), getattr(record, "path", None)))
+        return False
+
+    access_logger = logging.getLogger("orders_service.access")
+    access_logger.addFilter(filter_like_the_tracing)
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [(b"x-request-id", b"r-9")]}
+    try:
+        await RequestLog(Settings.from_env({}))(scope, receive, send, app_in_a_middleware)  # type: ignore[arg-type]
+    finally:
+        access_logger.removeFilter(filter_like_the_tracing)
+    assert seen == [("span-of-this-request", "/x")]
+    assert (b"x-request-id", b"r-9") in sent[0]["headers"]
