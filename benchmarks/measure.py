@@ -175,6 +175,7 @@ def product(
         "LISTEN_PORT": str(port),
         "WORKERS": str(workers),
         "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"metrics-{port}"),
+        "OTEL_SDK_DISABLED": "true",  # tracing off, whatever this shell exports, unless a variant turns it on
         **overrides,
     }
     return _serve([sys.executable, "-m", "orders_service.cli", "serve"], env, workers, log_dir, "/health")

@@ -7,6 +7,7 @@ from typing import Any
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SCENARIOS = ("create", "hot", "list", "mixed")
+TRACING_VARIANT = "tracing on"
 TARGETS = {
     "product >= 0.9 x floor (req/s)": 0.9,
     "create CPU <= 0.9 ms/request (1 worker)": 0.9,
@@ -94,11 +95,29 @@ def variants(rows: list[dict[str, Any]]) -> list[str]:
             and row["variant"]
             and "lines" not in row["variant"]
             and "page" not in row["variant"]
+            and row["variant"] != TRACING_VARIANT
         ):
             default = _find(rows, scenario=row["scenario"], target="product", workers=1, variant="")
             lines.append(
                 f"| {row['scenario']} | {row['variant']} | {row['req_s']:.0f} | {_ratio(row, default)} | {_ms(row)} | "
                 f"{row['non_2xx']} | {row['cpu_ms_per_request']} |"
+            )
+    return [*lines, ""]
+
+
+def tracing(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| scenario | req/s off / on | on / off | CPU ms/req off / on | p50/p90/p99/max ms on | non-2xx on "
+        "| OTLP exports |",
+        "|---|---|---:|---|---|---:|---:|",
+    ]
+    for row in rows:
+        if row["target"] == "product" and row["variant"] == TRACING_VARIANT:
+            off = _find(rows, scenario=row["scenario"], target="product", workers=1, variant="")
+            lines.append(
+                f"| {row['scenario']} | {off['req_s'] if off else 0:.0f} / {row['req_s']:.0f} | {_ratio(row, off)} | "
+                f"{off['cpu_ms_per_request'] if off else '-'} / {row['cpu_ms_per_request']} | {_ms(row)} | "
+                f"{row['non_2xx']} | {row['extra'].get('otlp_export_requests', '-')} |"
             )
     return [*lines, ""]
 
@@ -183,7 +202,16 @@ def write(results: dict[str, Any]) -> None:
     for count in workers:
         lines += main_table(rows, count)
     lines += ["## Targets", "", *targets(rows)]
-    lines += ["## Prepared statements off, and through PgBouncer (1 worker)", "", *variants(rows)]
+    lines += ["## Prepared statements off, timeouts per transaction, through PgBouncer (1 worker)", "", *variants(rows)]
+    lines += [
+        "## Tracing off and on (1 worker)",
+        "",
+        "On: OpenTelemetry with every request sampled (no `traceparent` from wrk), a server span per request and",
+        "a span per SQL statement, batched to an OTLP/HTTP sink that answers 200 (`tests/otlp_sink.py`, outside",
+        "the measured processes). Off is the default run above.",
+        "",
+        *tracing(rows),
+    ]
     lines += ["## Cost as the work grows (1 worker)", "", *growth(rows)]
     checks = ", ".join(f"{name}: {'holds' if holds else 'BROKEN'}" for name, holds in results["invariants"].items())
     lines += ["## Invariants, checked in the database after every run that writes", "", checks or "-", ""]

@@ -33,6 +33,7 @@ from benchmarks import ceiling, measure, report
 from benchmarks.seed import HEAVY_USER, LIGHT_USER, Seeded, check_invariants, count_orders, seed
 from orders_service.config import Settings
 from tests.database import ProvisionedDatabase, postgres_server, provisioned_database
+from tests.otlp_sink import otlp_sink
 from tests.pgbouncer import pgbouncer, plain_binary
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -200,7 +201,7 @@ def run_targets(bench: Bench, workers: int, scenarios: tuple[str, ...]) -> None:
 
 def run_variants(bench: Bench, scenarios: tuple[str, ...]) -> None:
     """One worker: prepared statements off; timeouts sent with every transaction (the role does not set
-    the configured ones); then through PgBouncer (transaction mode), as a pooler costs."""
+    the configured ones); through PgBouncer (transaction mode), as a pooler costs; tracing on."""
     for variant, overrides in (
         ("prepared statements off", {"DB_PREPARED_STATEMENTS": "false"}),
         ("timeouts sent per transaction", {"DB_LOCK_TIMEOUT_MS": "5001"}),
@@ -212,14 +213,31 @@ def run_variants(bench: Bench, scenarios: tuple[str, ...]) -> None:
     binary = plain_binary()
     if binary is None:
         print("pgbouncer not installed: no pooler figures", flush=True)
-        return
+    else:
+        with (
+            pgbouncer(binary, bench.settings, [bench.settings], prepared=False) as pooled,
+            measure.product(pooled, 1, bench.log_dir) as served,
+        ):
+            bench.warm_up(served, 1, scenarios)
+            for scenario in scenarios:
+                bench.drive(served, scenario, "product", 1, variant="through PgBouncer")
+    run_tracing(bench, tuple(scenario for scenario in scenarios if scenario in {"create", "list"}))
+
+
+def run_tracing(bench: Bench, scenarios: tuple[str, ...]) -> None:
+    """One worker with OpenTelemetry on, every request sampled, its spans exported over OTLP/HTTP to a sink that
+    answers 200 (in this process, outside the measured process tree): what tracing costs the service."""
     with (
-        pgbouncer(binary, bench.settings, [bench.settings], prepared=False) as pooled,
-        measure.product(pooled, 1, bench.log_dir) as served,
+        otlp_sink() as sink,
+        measure.product(
+            bench.settings, 1, bench.log_dir, OTEL_SDK_DISABLED="false", OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint
+        ) as served,
     ):
         bench.warm_up(served, 1, scenarios)
         for scenario in scenarios:
-            bench.drive(served, scenario, "product", 1, variant="through PgBouncer")
+            exports_before = sink.requests
+            row = bench.drive(served, scenario, "product", 1, variant=report.TRACING_VARIANT)
+            row.extra["otlp_export_requests"] = sink.requests - exports_before
 
 
 def run_growth(bench: Bench) -> None:
@@ -286,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=12, help="seconds per scenario")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--no-variants", action="store_true", help="skip prepared statements off and PgBouncer")
+    parser.add_argument("--no-variants", action="store_true", help="skip the 1-worker variants (PgBouncer, tracing …)")
     parser.add_argument("--no-growth", action="store_true", help="skip the cost-as-the-work-grows runs")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.logging import LoggingConfig
+from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler, LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from orders_service import logs
@@ -24,10 +25,19 @@ from orders_service.errors import (
     RestockOverflow,
     problem_details_plugin,
 )
-from orders_service.metrics import HTTPMetricsMiddleware, MetricsController, count_unrouted_response
+from orders_service.metrics import (
+    HTTPMetricsMiddleware,
+    MetricsController,
+    count_unrouted_response,
+    create_route_series,
+)
 from orders_service.openapi import complete_document, openapi_config, swagger_assets_router
 from orders_service.request_log import RequestLog
 from orders_service.resources import Resources
+from orders_service.tracing import tracing_enabled
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
 
 MAX_BODY_BYTES = 64 * 1024
 VERSION = "0.1.0"
@@ -59,13 +69,26 @@ class OrdersApp(Litestar):
             await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    """Build the app for ``settings`` (default: from the environment). Opens no connection."""
+def create_app(settings: Settings | None = None, *, span_processor: SpanProcessor | None = None) -> Litestar:
+    """Build the app for ``settings`` (default: from the environment). Opens no connection.
+
+    Traced when the ``OTEL_*`` variables turn tracing on; ``span_processor`` then receives the spans
+    instead of the OTLP exporter.
+    """
     settings = settings or Settings.from_env()
     resources = Resources.create(settings)
     handlers: list[ControllerRouterHandler] = [OrderController, HealthController, MetricsController]
     if settings.openapi_enabled:
         handlers.append(swagger_assets_router())
+    # The plugin serves `litestar database upgrade`; requests use `resources`, never its sessions.
+    plugins: list[PluginProtocol] = [
+        SQLAlchemyPlugin(config=sqlalchemy_config(settings, resources.engine)),
+        problem_details_plugin(),
+    ]
+    if tracing_enabled():
+        from orders_service.tracing_plugin import TracingPlugin  # noqa: PLC0415 - OpenTelemetry loads only when on
+
+        plugins.append(TracingPlugin(resources.engine, span_processor))
     logs.configure_app_process()
     return OrdersApp(
         request_log=RequestLog(settings),
@@ -76,9 +99,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "resources": Provide(lambda: resources, sync_to_thread=False, use_cache=True),
             "orders": Provide(lambda: resources.orders, sync_to_thread=False, use_cache=True),
         },
-        # The plugin serves `litestar database upgrade`; requests use `resources`, never its sessions.
-        plugins=[SQLAlchemyPlugin(config=sqlalchemy_config(settings, resources.engine)), problem_details_plugin()],
-        on_startup=[*([complete_document] if settings.openapi_enabled else []), freeze_startup_objects],
+        plugins=plugins,
+        on_startup=[
+            *([complete_document] if settings.openapi_enabled else []),
+            create_route_series,
+            freeze_startup_objects,
+        ],
         on_shutdown=[resources.close],
         middleware=[HTTPMetricsMiddleware()],
         before_send=[count_unrouted_response],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any
 
 from litestar.exceptions import HTTPException
 from litestar.plugins.problem_details import (
@@ -19,17 +19,8 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
-RejectionReason = Literal["missing_product", "insufficient_stock", "total_too_large"]
-UnavailableCause = Literal[
-    "database_unavailable",
-    "database_timeout",
-    "lock_timeout",
-    "statement_timeout",
-    "pool_exhausted",
-    "product_busy",
-    "deadlock",
-    "table_missing",
-]
+from orders_service import metrics
+from orders_service.causes import RejectionReason, UnavailableCause
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +137,7 @@ RETRY_AFTER_SECONDS = "1"
 
 
 def _database_unavailable(exc: DatabaseUnavailable) -> ProblemDetailsException:
+    metrics.SERVICE_UNAVAILABLE_BY_CAUSE[exc.cause].inc()
     logger.warning(
         "503 %s%s%s",
         exc.cause,

@@ -1,7 +1,11 @@
-"""Prometheus metrics: HTTP metrics with the contract's exact names and labels, and order counters.
+"""Prometheus metrics: HTTP metrics with the contract's exact names and labels, order counters, saturation.
 
 In multi-worker deployments ``PROMETHEUS_MULTIPROC_DIR`` must be set before this module
-is imported (``orders-service serve`` does it); ``/metrics`` then aggregates all workers.
+is imported (``orders-service serve`` does it); ``/metrics`` then aggregates all workers
+(counters and histograms summed, gauges summed over the live workers).
+
+Every series a route can produce in normal operation exists at 0 from the start
+(``create_route_series``): ``rate()`` needs a sample before the first increment to see it.
 """
 
 from __future__ import annotations
@@ -12,19 +16,26 @@ from typing import TYPE_CHECKING, Any, get_args
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.plugins.prometheus import PrometheusController
-from prometheus_client import Counter, Histogram
+from litestar.routes import HTTPRoute
+from prometheus_client import Counter, Gauge, Histogram
 
-from orders_service.errors import RejectionReason
+from orders_service.causes import RejectionReason, UnavailableCause
 
 if TYPE_CHECKING:
+    from litestar import Litestar
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 SERVICE = "orders"
 METRICS_PATH = "/metrics"
 
 HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests handled.", ["service", "path", "method", "status"])
+# From a liveness probe (~0.3 ms) to past the statement timeout (30 s by default).
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 HTTP_REQUEST_DURATION = Histogram(
-    "http_request_duration_seconds", "HTTP request duration in seconds.", ["service", "path", "method"]
+    "http_request_duration_seconds",
+    "HTTP request duration in seconds.",
+    ["service", "path", "method"],
+    buckets=DURATION_BUCKETS,
 )
 ORDERS_CREATED = Counter("orders_created_total", "Orders placed.")
 ORDERS_CANCELLED = Counter("orders_cancelled_total", "Orders cancelled (stock put back).")
@@ -36,6 +47,24 @@ TRANSACTION_RETRIES = Counter(
 )
 for _cause in ("deadlock", "serialization_failure"):
     TRANSACTION_RETRIES.labels(cause=_cause)
+SERVICE_UNAVAILABLE = Counter(
+    "service_unavailable_responses_total", "503 answers of the API (readiness excluded), by cause.", ["cause"]
+)
+SERVICE_UNAVAILABLE_BY_CAUSE = {cause: SERVICE_UNAVAILABLE.labels(cause=cause) for cause in get_args(UnavailableCause)}
+
+REQUEST_POOL = "requests"
+POOL_IN_USE = Gauge(
+    "db_pool_connections_in_use", "Pooled connections running a transaction.", ["pool"], multiprocess_mode="livesum"
+)
+POOL_MAX = Gauge("db_pool_connections_max", "Size of the connection pool.", ["pool"], multiprocess_mode="livesum")
+POOL_WAITING = Gauge(
+    "db_pool_requests_waiting", "Requests waiting for a pooled connection.", ["pool"], multiprocess_mode="livesum"
+)
+GATE_WAITING = Gauge(
+    "product_gate_requests_waiting",
+    "Orders waiting at the per-product gate (their product is already taken by PRODUCT_GATE_LIMIT requests).",
+    multiprocess_mode="livesum",
+)
 
 
 EXCLUDE_FROM_METRICS = "exclude_from_metrics"  # route opt key: /metrics itself is not counted
@@ -91,6 +120,21 @@ class HTTPMetricsMiddleware(ASGIMiddleware):
                 route = self._routes[key] = _RouteMetrics(*key)
             route.requests(status).inc()
             route.duration.observe(time.perf_counter() - started)
+
+
+def create_route_series(app: Litestar) -> None:
+    """Startup hook: ``http_requests_total`` at 0 for every route, method and status it documents."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            # Litestar's implicit OPTIONS handler is not part of the API: its series appear when used.
+            if handler.opt.get(EXCLUDE_FROM_METRICS) or handler.http_methods == {"OPTIONS"}:
+                continue
+            statuses = {handler.status_code, *(handler.responses or {})}
+            for method in handler.http_methods:
+                for status in statuses:
+                    HTTP_REQUESTS.labels(SERVICE, route.path_format, method, str(status))
 
 
 UNROUTED_PATH = "<unrouted>"

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Sequence
 from types import TracebackType
 
+from orders_service import metrics
 from orders_service.errors import DatabaseUnavailable
 
 
@@ -85,6 +86,7 @@ class _Admission:
     async def _wait(self, slot: _Slot, remaining: float, product_id: int) -> None:
         gate = self._gate
         gate.waiting += 1
+        metrics.GATE_WAITING.inc()
         try:
             async with asyncio.timeout(max(remaining, 0)):
                 await slot.semaphore.acquire()
@@ -96,6 +98,7 @@ class _Admission:
             raise
         finally:
             gate.waiting -= 1
+            metrics.GATE_WAITING.dec()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

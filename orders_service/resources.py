@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from orders_service import metrics
 from orders_service.config import Settings
 from orders_service.database import readiness_engine, request_engine
 from orders_service.product_gate import ProductGate
@@ -26,7 +27,11 @@ class Resources:
     def create(cls, settings: Settings) -> Resources:
         """Build everything; no connection is opened until the first request needs one."""
         runner = TransactionRunner(
-            request_engine(settings), settings, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout
+            request_engine(settings),
+            settings,
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout,
+            pool_name=metrics.REQUEST_POOL,
         )
         gate = ProductGate(settings.product_gate_limit, timeout=settings.db_lock_timeout_ms / 1000)
         # The request path runs its statements through the runner; the repository's session serves

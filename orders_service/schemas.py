@@ -11,7 +11,7 @@ from litestar.exceptions import ValidationException
 from litestar.openapi.spec import Reference, Schema
 from litestar.typing import FieldDefinition
 
-from orders_service.errors import RejectionReason, UnavailableCause
+from orders_service.causes import RejectionReason, UnavailableCause
 from orders_service.models import OrderStatus
 
 PG_INT_MAX = 2**31 - 1

@@ -35,9 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from orders_service import metrics
+from orders_service.causes import UnavailableCause
 from orders_service.config import Settings
 from orders_service.database import ROLE_SETS_TIMEOUTS
-from orders_service.errors import DatabaseUnavailable, UnavailableCause
+from orders_service.errors import DatabaseUnavailable
 from orders_service.statements import Step
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ class TransactionRunner:
         pool_size: int,
         pool_timeout: float,
         budget: float | None = None,
+        pool_name: str | None = None,
     ) -> None:
+        """``pool_name``: report the pool's use under that ``pool`` label (the request pool only)."""
         self.engine = engine
         self._engine = engine
         self._dialect = engine.dialect
@@ -90,6 +93,12 @@ class TransactionRunner:
         }
         # A request's whole wait for the database (pool, connect, answer, retries) ends by then.
         self.budget = settings.db_deadline_seconds if budget is None else budget
+        self._in_use: Any = _NO_GAUGE
+        self._waiting: Any = _NO_GAUGE
+        if pool_name is not None:
+            metrics.POOL_MAX.labels(pool=pool_name).set(pool_size)
+            self._in_use = metrics.POOL_IN_USE.labels(pool=pool_name)
+            self._waiting = metrics.POOL_WAITING.labels(pool=pool_name)
 
     def deadline(self) -> float:
         """The event-loop time by which a request starting now must have its answer."""
@@ -117,6 +126,7 @@ class TransactionRunner:
 
     async def _run_once(self, steps: Sequence[Step], *, writes: bool, deadline: float) -> list[Rows]:
         await self._admit(deadline)
+        self._in_use.inc()
         try:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -132,6 +142,7 @@ class TransactionRunner:
             finally:
                 connection.close()  # back to the pool: nothing to reset, each pipeline ended its transaction
         finally:
+            self._in_use.dec()
             self._admission.release()
 
     async def _admit(self, deadline: float) -> None:
@@ -145,11 +156,14 @@ class TransactionRunner:
             await self._admission.acquire()  # free: returns at once
             return
         loop = asyncio.get_running_loop()
+        self._waiting.inc()
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self._pool_timeout)):
                 await self._admission.acquire()
         except TimeoutError:
             raise DatabaseUnavailable("pool_exhausted") from None
+        finally:
+            self._waiting.dec()
 
     async def _send(
         self, connection: PoolProxiedConnection, steps: Sequence[Step], *, writes: bool, deadline: float
@@ -234,6 +248,19 @@ async def _invalidate(connection: PoolProxiedConnection, error: BaseException | 
         await driver.close()
     # Soft: SQLAlchemy closes and replaces it on the next checkout, which runs where it may await.
     connection.invalidate(error, soft=True)
+
+
+class _NoGauge:
+    """Stands in for the gauges of a pool that is not reported (readiness)."""
+
+    def inc(self) -> None:
+        pass
+
+    def dec(self) -> None:
+        pass
+
+
+_NO_GAUGE = _NoGauge()
 
 
 class _Retryable(Exception):

@@ -35,3 +35,14 @@ def requests_by_status(metrics: Samples) -> Counter[int]:
         if name == "http_requests_total":
             totals[int(dict(labels)["status"])] += int(value)
     return totals
+
+
+def unavailable_by_cause(metrics: Samples) -> Counter[str]:
+    """service_unavailable_responses_total per cause."""
+    return Counter(
+        {
+            dict(labels)["cause"]: int(value)
+            for (name, labels), value in metrics.items()
+            if name == "service_unavailable_responses_total"
+        }
+    )

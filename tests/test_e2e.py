@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import Engine, text
 
 from orders_service.app import create_app
+from orders_service.causes import UnavailableCause
 from orders_service.config import Settings
 from tests.conftest import Catalog
 from tests.granian import GranianServer, free_port, start_granian
@@ -184,3 +186,22 @@ def test_serve_refuses_a_bad_setting_with_a_clear_message(name: str, value: str)
     assert result.returncode == 2
     assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_documented_outcome_has_a_series_before_its_first_request(granian: GranianServer) -> None:
+    document = httpx.get(f"{granian.base_url}/schema/openapi.json").json()
+    samples = scrape(granian)
+    missing = [
+        (path, method.upper(), status)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        for status in operation["responses"]
+        if status != "default" and ("http_requests_total", _labels(path, method.upper(), status)) not in samples
+    ]
+    assert missing == []
+    causes = {dict(labels)["cause"] for name, labels in samples if name == "service_unavailable_responses_total"}
+    assert causes == set(get_args(UnavailableCause))
+
+
+def _labels(path: str, method: str, status: str) -> tuple[tuple[str, str], ...]:
+    return (("method", method), ("path", path), ("service", "orders"), ("status", status))

@@ -24,7 +24,7 @@ from tests.database import ProvisionedDatabase, provisioned_database
 from tests.disposable_postgres import DisposablePostgres, disposable_postgres
 from tests.faults import LoadReport, OrderLoad, freezable_proxy, until_acknowledged, wait_until
 from tests.granian import start_granian
-from tests.scrape import Samples, requests_by_status, scrape
+from tests.scrape import Samples, requests_by_status, scrape, unavailable_by_cause
 
 PRODUCTS = list(range(1, 21))
 INITIAL_STOCK = 1_000_000
@@ -114,6 +114,9 @@ def assert_metrics_count_what_was_sent(before: Samples, after: Samples, report: 
     counted = requests_by_status(after)
     counted.subtract(requests_by_status(before))
     assert +counted == report.statuses
+    by_cause = unavailable_by_cause(after)
+    by_cause.subtract(unavailable_by_cause(before))
+    assert by_cause.total() == report.statuses[503]
 
 
 def record(name: str, report: LoadReport, **figures: Any) -> None:

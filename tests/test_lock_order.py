@@ -160,7 +160,9 @@ async def test_a_deadlock_with_an_outside_writer_is_retried_and_the_order_placed
         response = await order
     retries_after = deadlock_retries(service)
     assert response.status_code == 200
-    assert retries_after - retries_before == 1
+    # At least one: when the victim aborts, its retry can take product 1 before the writer's
+    # waiting UPDATE does (row locks are not queued fairly) and deadlock once more.
+    assert retries_after - retries_before >= 1
     assert stock(scan_ordered) == {1: 4, 2: 9, 3: 10}
     with admin_connection(scan_ordered) as connection:
         assert connection.execute(f"SELECT count(*) FROM {scan_ordered.admin.db_schema}.orders").fetchone() == (1,)
