@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import gc
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.logging import LoggingConfig
 from litestar.plugins import PluginProtocol
-from litestar.types import ControllerRouterHandler
+from litestar.types import ControllerRouterHandler, LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
+from orders_service import logs
 from orders_service.config import Settings
 from orders_service.controllers.health import HealthController
 from orders_service.controllers.orders import OrderController
@@ -30,6 +32,7 @@ from orders_service.metrics import (
     create_route_series,
 )
 from orders_service.openapi import complete_document, openapi_config, swagger_assets_router
+from orders_service.request_log import RequestLog
 from orders_service.resources import Resources
 from orders_service.tracing import tracing_enabled
 
@@ -48,6 +51,22 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+class OrdersApp(Litestar):
+    """Litestar with every HTTP request inside ``RequestLog``, those that match no route included."""
+
+    def __init__(self, request_log: RequestLog, **config: Any) -> None:
+        super().__init__(**config)
+        self.request_log = request_log
+
+    async def __call__(
+        self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive, send: Send | LifeSpanSend
+    ) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            await self.request_log(scope, receive, send, super().__call__)  # type: ignore[arg-type]
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, span_processor: SpanProcessor | None = None) -> Litestar:
@@ -70,7 +89,9 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
         from orders_service.tracing_plugin import TracingPlugin  # noqa: PLC0415 - OpenTelemetry loads only when on
 
         plugins.append(TracingPlugin(resources.engine, span_processor))
-    return Litestar(
+    logs.configure_app_process()
+    return OrdersApp(
+        request_log=RequestLog(settings),
         route_handlers=handlers,
         # Made once per app (a worker): each handler resolves at most one dependency per request,
         # since Litestar resolves several of the same level in a task group.
@@ -89,7 +110,7 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
         before_send=[count_unrouted_response],
         openapi_config=openapi_config(version=VERSION) if settings.openapi_enabled else None,
         logging_config=LoggingConfig(
-            root={"level": "INFO", "handlers": ["queue_listener"]},
+            **logs.app_config(settings),
             log_exceptions="always",
             # Client errors are answered, not logged with a traceback.
             disable_stack_trace={

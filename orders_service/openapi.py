@@ -1,7 +1,8 @@
 """The published OpenAPI 3.1 document and its Swagger UI, served without any CDN.
 
-Litestar builds the document from the handlers. Two things it cannot express there are added
-once, at start: the ``Retry-After`` header of every 503, and a ``default`` problem-details
+Litestar builds the document from the handlers. What it cannot express there is added
+once, at start: the ``Retry-After`` header of every 503, the ``X-Request-ID`` header of every
+response, and a ``default`` problem-details
 response (a URL that matches no route answers 404, a method a path lacks 405, both as
 problem details). Swagger UI's files come from the ``swagger-ui-py`` package and are served
 by the service itself, so the docs page works in clusters without internet access.
@@ -29,6 +30,7 @@ from litestar.static_files import create_static_files_router
 
 from orders_service.errors import RETRY_AFTER_SECONDS
 from orders_service.guards import GATEWAY_USER_SCHEME, GATEWAY_USER_SECURITY
+from orders_service.request_log import MAX_REQUEST_ID_LENGTH, REQUEST_ID_HEADER
 
 SCHEMA_PATH = "/schema"
 SWAGGER_ASSETS_PATH = f"{SCHEMA_PATH}/swagger-ui"
@@ -38,6 +40,13 @@ RETRY_AFTER = OpenAPIHeader(
     description="Seconds to wait before retrying.",
     schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
     example=int(RETRY_AFTER_SECONDS),
+)
+
+REQUEST_ID = OpenAPIHeader(
+    description=f"The request's {REQUEST_ID_HEADER} header when it was 1 to {MAX_REQUEST_ID_LENGTH} printable ASCII "
+    "characters, else an id the service made; every log line about the request carries it.",
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_REQUEST_ID_LENGTH),
+    example="0f8e2c5d7a9b4e61a3c2d1b0e9f8a7c6",
 )
 
 
@@ -91,13 +100,16 @@ def _problem_schema(operation: Operation) -> Schema | Reference | None:
 
 def _complete_operation(operation: Operation, problem_schema: Schema | Reference | None) -> None:
     responses = operation.responses if operation.responses is not None else {}
-    for status, response in responses.items():
-        if status == "503" and isinstance(response, OpenAPIResponse):
-            response.headers = {**(response.headers or {}), "Retry-After": RETRY_AFTER}
     if problem_schema is not None and "default" not in responses:
         responses["default"] = OpenAPIResponse(
             description="Any other error as problem details, e.g. 404 for a URL that matches no route and 405 "
             "for a method the path does not support.",
             content={PROBLEM_MEDIA_TYPE: OpenAPIMediaType(schema=problem_schema)},
         )
+    for status, response in responses.items():
+        if not isinstance(response, OpenAPIResponse):
+            continue
+        response.headers = {**(response.headers or {}), REQUEST_ID_HEADER: REQUEST_ID}
+        if status == "503":
+            response.headers["Retry-After"] = RETRY_AFTER
     operation.responses = responses

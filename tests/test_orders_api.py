@@ -15,6 +15,7 @@ from sqlalchemy import text
 from orders_service.app import create_app
 from orders_service.config import Settings
 from orders_service.database import ROLE_TIMEOUTS_QUERY
+from orders_service.logs import JsonFormatter
 from orders_service.transactions import SET_TIMEOUTS
 from tests.conftest import ALL_ROUTES, Catalog
 from tests.database import RUNTIME_TIME_ZONE
@@ -288,10 +289,15 @@ async def test_an_expected_503_is_one_warning_line_without_traceback_or_paramete
                 root.removeHandler(captured)
         other_writer.rollback()
     assert response.status_code == 503
-    lines = [(record.levelname, record.getMessage()) for record in captured.records if record.name != "httpx"]
-    assert lines == [("WARNING", "503 lock_timeout")]
-    assert captured.records[0].exc_info is None
-    assert not any("4711" in record.getMessage() for record in captured.records)
+    ours = [record for record in captured.records if record.name != "httpx"]
+    assert [(record.levelname, record.name) for record in ours] == [
+        ("WARNING", "orders_service.errors"),
+        ("INFO", "orders_service.access"),
+    ]
+    assert ours[0].getMessage() == "503 lock_timeout"
+    assert ours[0].exc_info is None
+    assert ours[1].status == 503  # type: ignore[attr-defined]
+    assert not any("4711" in JsonFormatter().format(record) for record in ours)
 
 
 async def test_cancelling_when_restock_would_overflow_is_409_and_changes_nothing(

@@ -148,6 +148,18 @@ async def test_log_lines_inside_a_request_carry_its_trace_id(
     assert logged[0].span_id == format_span_id(server.context.span_id)  # type: ignore[attr-defined]
 
 
+async def test_the_access_line_carries_the_trace_id(
+    traced: Client, app_with_tracing_logs: list[logging.LogRecord], exporter: InMemorySpanExporter
+) -> None:
+    response = await traced.get("/orders/me", headers={**ALICE, "X-Request-ID": "traced-1"})
+    assert response.headers["x-request-id"] == "traced-1"
+
+    server = next(span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER)
+    access = [record for record in app_with_tracing_logs if record.name == "orders_service.access"]
+    assert [record.request_id for record in access] == ["traced-1"]  # type: ignore[attr-defined]
+    assert access[0].trace_id == format_trace_id(server.context.trace_id)  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def app_with_tracing_logs(traced: Client) -> Iterator[list[logging.LogRecord]]:
     """A route that logs, on the traced app, and the records the root logger's handlers receive."""
