@@ -139,7 +139,10 @@ def wait_for_lock_waiter(engine: Engine, timeout: float = 20.0) -> None:
     with engine.connect() as connection:
         while time.monotonic() < deadline:
             waiting = connection.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
             ).scalar_one()
             if waiting:
                 return

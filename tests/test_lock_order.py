@@ -65,7 +65,8 @@ async def until_the_service_waits_for_a_lock(database: ProvisionedDatabase, wait
     with psycopg.connect(database.admin.conninfo, autocommit=True) as connection:
         while time.monotonic() < deadline:
             (count,) = connection.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = %s AND wait_event_type = 'Lock' AND datname = current_database()",
                 [APPLICATION_NAME],
             ).fetchone() or (0,)
             if count >= waiters:
