@@ -36,7 +36,9 @@ class Resources:
         gate = ProductGate(settings.product_gate_limit, timeout=settings.db_lock_timeout_ms / 1000)
         # The request path runs its statements through the runner; the repository's session serves
         # only Advanced-Alchemy's own methods, and opens no connection unless one of them is called.
-        repository = OrderRepository(session=AsyncSession(bind=runner.engine), runner=runner)
+        repository = OrderRepository(
+            session=AsyncSession(bind=runner.engine), runner=runner, outbox_channel=settings.outbox_channel
+        )
         return cls(
             settings=settings,
             runner=runner,
