@@ -20,14 +20,17 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
+import aiormq
 import psycopg
-from aio_pika.abc import AbstractConnection, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq import spec
 from psycopg import sql
 
 from orders_service import metrics
+from orders_service.amqp_batch import publish_batch
 from orders_service.config import Settings
 from orders_service.database import connect_args, create_engine
 from orders_service.errors import DatabaseUnavailable
@@ -47,6 +50,7 @@ DATABASE_UNAVAILABLE = "database unavailable"
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
 BROKER_TIMEOUT = 5.0
+PERSISTENT = 2  # AMQP delivery mode
 
 
 class Backoff:
@@ -84,11 +88,13 @@ class Relay:
         # The holder renews its lease well before it expires.
         self._holder_pause = min(settings.events_poll_interval_ms / 1000, ttl / 3)
         self._standby_pause = settings.events_poll_interval_ms / 1000
+        self._linger = settings.events_linger_ms / 1000
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._backoff = Backoff()
         self._held = False
         self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -146,7 +152,7 @@ class Relay:
     async def _publish(self, exchange: AbstractExchange, batch: list[PendingEvent]) -> bool:
         """Publish ``batch`` and mark what the broker confirmed; False after a fault (and its back-off)."""
         source = self.settings.events_source
-        sendable: list[tuple[PendingEvent, aio_pika.Message]] = []
+        sendable: list[tuple[PendingEvent, bytes, spec.Basic.Properties]] = []
         orphans: list[int] = []
         for event in batch:
             order = order_as_of(event)
@@ -154,27 +160,22 @@ class Relay:
                 logger.warning("events relay: order %d of event %s no longer exists", event.order_id, event.event_id)
                 orphans.append(event.outbox_id)
                 continue
-            message = aio_pika.Message(
-                encode_event(event, order, source),
+            properties = spec.Basic.Properties(
                 content_type=CONTENT_TYPE,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                delivery_mode=PERSISTENT,
                 message_id=str(event.event_id),
-                type=event.type,
+                message_type=event.type,
             )
-            sendable.append((event, message))
+            sendable.append((event, encode_event(event, order, source), properties))
         timeout = self.settings.events_lease_ttl_ms / 1000
-        # One channel keeps the publishing order; the confirms come back in any order.
-        results = await asyncio.gather(
-            *(
-                exchange.publish(message, routing_key=event.type, mandatory=False, timeout=timeout)
-                for event, message in sendable
-            ),
-            return_exceptions=True,
-        )
+        assert self._channel is not None  # noqa: S101 - set with the exchange
+        channel = cast("aiormq.Channel", await self._channel.get_underlay_channel())
+        outgoing = [(event.type, body, properties) for event, body, properties in sendable]
+        results = await publish_batch(channel, exchange.name, outgoing, timeout)
         confirmed: list[PendingEvent] = []
         failure: BaseException | None = None
-        for (event, _), result in zip(sendable, results, strict=True):
-            if isinstance(result, BaseException):
+        for (event, _, _), result in zip(sendable, results, strict=True):
+            if result is not None:
                 failure = result
                 break  # only a prefix counts: what follows is published again, after what failed
             confirmed.append(event)
@@ -205,8 +206,8 @@ class Relay:
         try:
             async with asyncio.timeout(BROKER_TIMEOUT):
                 self._connection = await aio_pika.connect(self.settings.amqp_url, timeout=BROKER_TIMEOUT)
-                channel = await self._connection.channel(publisher_confirms=True)
-                self._exchange = await channel.declare_exchange(
+                self._channel = await self._connection.channel(publisher_confirms=True)
+                self._exchange = await self._channel.declare_exchange(
                     self.settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
         except Exception as exc:  # noqa: BLE001 - any failure to connect is "unreachable"; retried after a back-off
@@ -221,7 +222,7 @@ class Relay:
         if self._held:
             self._set_held(False)
             await self._release()
-        connection, self._connection, self._exchange = self._connection, None, None
+        connection, self._connection, self._channel, self._exchange = self._connection, None, None, None
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -263,10 +264,16 @@ class Relay:
             await asyncio.sleep(backoff.next())  # the poll keeps publishing meanwhile
 
     async def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or less when woken (a NOTIFY, ``stop()``)."""
+        """Wait ``seconds``, or less when woken (a NOTIFY, ``stop()``).
+
+        Woken by a NOTIFY, it lingers ``EVENTS_LINGER_MS`` first: under load the orders committed meanwhile
+        go in the same batch, instead of a cycle (three round trips) for every order or two.
+        """
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
+                if self._linger and not self._stopping.is_set():
+                    await asyncio.sleep(self._linger)
 
     def _set_state(self, state: str, detail: str = "") -> None:
         if state != self.state:
