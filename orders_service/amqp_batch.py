@@ -58,7 +58,7 @@ async def publish_batch(
                 )
                 await written
             results = await asyncio.gather(*confirmations, return_exceptions=True)
-    except TimeoutError as exc:
+    except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError) as exc:  # no answer, or the channel is gone
         outcome: list[BaseException | None] = [
             None if done.done() and not done.cancelled() and done.exception() is None else exc for done in confirmations
         ]

@@ -145,17 +145,24 @@ class Outbox:
         self._lease = {"lease_name": LEASE_NAME, "holder": holder}
         self._ttl = lease_ttl_seconds
 
-    async def claim(self, *, want: bool, limit: int) -> tuple[bool, int, float, list[PendingEvent]]:
+    async def claim(
+        self, *, want: bool, limit: int, published: list[int] | None = None
+    ) -> tuple[bool, int, float, list[PendingEvent]]:
         """Take or renew the lease (when ``want``) and read up to ``limit`` pending events if we hold it.
+
+        ``published``: events the broker confirmed since the last cycle, marked first in the same
+        transaction (a round trip fewer per cycle under load).
 
         Returns whether we hold the lease, the number of pending events, the age of the oldest in
         seconds (0 when none) and the batch.
         """
         claim = Step(CLAIM, {**self._lease, "want": want, "ttl": timedelta(seconds=self._ttl)})
-        steps = [claim]
+        steps = [Step(MARK_PUBLISHED, {"ids": published})] if published else []
+        steps.append(claim)
         if want:
             steps.append(Step(PENDING_BATCH, {**self._lease, "limit": limit}))
         results = await self.runner.run(steps, writes=True)
+        results = results[1:] if published else results
         ((held, pending, oldest_age),) = results[0]
         batch = [PendingEvent(*row) for row in results[1]] if want else []
         return bool(held), int(pending), float(oldest_age or 0.0), batch

@@ -97,6 +97,7 @@ class Relay:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._unmarked: list[int] = []  # confirmed by the broker, not yet marked published
 
     @property
     def holder(self) -> str:
@@ -113,8 +114,9 @@ class Relay:
             while not self._stopping.is_set():
                 try:
                     await self._cycle()
-                except Exception:  # a bug must not end publishing: log it, back off, carry on
+                except Exception:  # a bug must not end publishing: log it, start afresh after a back-off
                     logger.exception("events relay: unexpected error")
+                    await self._drop_broker()
                     await self._pause(self._backoff.next())
         finally:
             await self._shutdown()
@@ -125,8 +127,9 @@ class Relay:
         self._wake.clear()  # a NOTIFY from now on wakes the next pause
         try:
             held, pending, oldest_age, batch = await self.outbox.claim(
-                want=connected, limit=self.settings.events_batch_size
+                want=connected, limit=self.settings.events_batch_size, published=self._unmarked
             )
+            self._unmarked = []
         except (DatabaseUnavailable, StatementFailed) as exc:
             self._set_state(DATABASE_UNAVAILABLE, str(exc))
             await self._pause(self._backoff.next())
@@ -146,11 +149,13 @@ class Relay:
                 return
             if len(batch) == self.settings.events_batch_size:
                 return  # more are waiting: no pause
+            if not self._wake.is_set():  # idle: mark now; under load the next claim marks them
+                await self._flush_marks()
         self._backoff.reset()
         await self._pause(self._holder_pause)
 
     async def _publish(self, exchange: AbstractExchange, batch: list[PendingEvent]) -> bool:
-        """Publish ``batch`` and mark what the broker confirmed; False after a fault (and its back-off)."""
+        """Publish ``batch``; what the broker confirmed is marked next (``_unmarked``). False after a fault."""
         source = self.settings.events_source
         sendable: list[tuple[PendingEvent, bytes, spec.Basic.Properties]] = []
         orphans: list[int] = []
@@ -168,10 +173,14 @@ class Relay:
             )
             sendable.append((event, encode_event(event, order, source), properties))
         timeout = self.settings.events_lease_ttl_ms / 1000
-        assert self._channel is not None  # noqa: S101 - set with the exchange
-        channel = cast("aiormq.Channel", await self._channel.get_underlay_channel())
         outgoing = [(event.type, body, properties) for event, body, properties in sendable]
-        results = await publish_batch(channel, exchange.name, outgoing, timeout)
+        try:
+            assert self._channel is not None  # noqa: S101 - set with the exchange
+            channel = cast("aiormq.Channel", await self._channel.get_underlay_channel())
+        except aiormq.exceptions.AMQPError as exc:  # closed under us (the broker went away)
+            results: list[BaseException | None] = [exc] * len(outgoing)
+        else:
+            results = await publish_batch(channel, exchange.name, outgoing, timeout)
         confirmed: list[PendingEvent] = []
         failure: BaseException | None = None
         for (event, _, _), result in zip(sendable, results, strict=True):
@@ -179,15 +188,7 @@ class Relay:
                 failure = result
                 break  # only a prefix counts: what follows is published again, after what failed
             confirmed.append(event)
-        try:
-            ids = [event.outbox_id for event in confirmed] + orphans
-            if ids:
-                await self.outbox.mark_published(ids)
-        except (DatabaseUnavailable, StatementFailed) as exc:
-            # Published but not marked: they go out again (at least once).
-            self._set_state(DATABASE_UNAVAILABLE, str(exc))
-            await self._pause(self._backoff.next())
-            return False
+        self._unmarked += [event.outbox_id for event in confirmed] + orphans
         for event in confirmed:
             metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
         if failure is not None:
@@ -200,7 +201,13 @@ class Relay:
 
     async def _ensure_broker(self) -> AbstractExchange | None:
         """The declared exchange on a live connection, connecting when needed; None (logged) when that fails."""
-        if self._exchange is not None and self._connection is not None and not self._connection.is_closed:
+        if (
+            self._exchange is not None
+            and self._connection is not None
+            and self._channel is not None
+            and not self._connection.is_closed
+            and not self._channel.is_closed
+        ):
             return self._exchange
         await self._drop_broker()
         try:
@@ -217,8 +224,20 @@ class Relay:
             return None
         return self._exchange
 
+    async def _flush_marks(self) -> None:
+        """Mark what the broker confirmed; on a database fault they stay for the next claim to mark."""
+        if not self._unmarked:
+            return
+        try:
+            await self.outbox.mark_published(self._unmarked)
+        except (DatabaseUnavailable, StatementFailed) as exc:
+            self._set_state(DATABASE_UNAVAILABLE, str(exc))
+            return
+        self._unmarked = []
+
     async def _drop_broker(self) -> None:
         """Forget the broker connection, and the lease with it: a relay that cannot publish lets another one."""
+        await self._flush_marks()
         if self._held:
             self._set_held(False)
             await self._release()
