@@ -243,8 +243,10 @@ class Relay:
             await self._release()
         connection, self._connection, self._channel, self._exchange = self._connection, None, None, None
         if connection is not None:
+            # Bounded: a broker that is going away may never answer the close.
             with contextlib.suppress(Exception):
-                await connection.close()
+                async with asyncio.timeout(BROKER_TIMEOUT):
+                    await connection.close()
 
     def _set_held(self, held: bool) -> None:
         if held and not self._held and self.settings.events_listen:
