@@ -463,3 +463,41 @@ async def test_relays_killed_restarted_and_running_together_lose_nothing(
     assert handed_over_at - stopped_at <= 3
     for order_id in cancelled_ids:  # per order: placed before cancelled
         assert first_seen[(order_id, PLACED)] < first_seen[(order_id, CANCELLED)]
+
+
+async def test_relays_behind_pgbouncer_publish_by_polling(
+    pgbouncer_plain: Settings,
+    catalog: Catalog,
+    broker_url: str,
+    tmp_path: Path,
+    relays: list[subprocess.Popen[bytes]],
+) -> None:
+    """Transaction pooling: no LISTEN, no session lock; the lease and the poll still give one publisher."""
+    catalog.add(1, stock=1000)
+    async with event_queue(broker_url) as queue:
+        pooled = events_env(
+            pgbouncer_plain, broker_url, queue.exchange, EVENTS_LISTEN="false", EVENTS_POLL_INTERVAL_MS="200"
+        )
+        relays += [start_relay(pooled, tmp_path, "a"), start_relay(pooled, tmp_path, "b")]
+        service = events_env(pgbouncer_plain, broker_url, queue.exchange, EVENTS_RELAY_IN_SERVE="false")
+        with start_granian(service, workers=1, metrics_dir=tmp_path / "metrics") as server:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+                placed = [
+                    (
+                        await http.post(
+                            "/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={"X-User": "p"}
+                        )
+                    ).json()["id"]
+                    for _ in range(30)
+                ]
+                await http.post(f"/orders/{placed[0]}/cancel", headers={"X-User": "p"})
+        expected = {(order_id, PLACED) for order_id in placed} | {(placed[0], CANCELLED)}
+        await queue.wait_for(
+            lambda received: expected <= {(int(envelope(m).subject), str(m.routing_key)) for m in received},
+            30,
+            "every event through PgBouncer",
+        )
+        await until(lambda: pending(catalog) == 0, 30, "nothing pending")
+    logs = [(tmp_path / f"relay-{name}.log").read_text() for name in ("a", "b")]
+    assert sorted("publishing" in log for log in logs) == [False, True], logs  # one publisher, the other stands by
+    assert len(queue.received) == len(expected)
