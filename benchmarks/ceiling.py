@@ -61,6 +61,7 @@ def create_script(settings: Settings, products: int, *, hot: bool = False) -> st
             "idempotency_key": "NULL",
             "product_ids": f"ARRAY[{ids}]",
             "qtys": f"ARRAY[{', '.join(['1'] * (1 if hot else products))}]",
+            "outbox_channel": f"'{settings.outbox_channel}'",
         },
     )
     lines = ["\\set u random(1, 5000)", *([] if hot else sets), "\\startpipeline", _timeouts(settings), place]

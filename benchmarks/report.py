@@ -96,6 +96,7 @@ def variants(rows: list[dict[str, Any]]) -> list[str]:
             and "lines" not in row["variant"]
             and "page" not in row["variant"]
             and row["variant"] != TRACING_VARIANT
+            and not row["variant"].startswith("events")
         ):
             default = _find(rows, scenario=row["scenario"], target="product", workers=1, variant="")
             lines.append(
@@ -119,6 +120,35 @@ def tracing(rows: list[dict[str, Any]]) -> list[str]:
                 f"{off['cpu_ms_per_request'] if off else '-'} / {row['cpu_ms_per_request']} | {_ms(row)} | "
                 f"{row['non_2xx']} | {row['extra'].get('otlp_export_requests', '-')} |"
             )
+    return lines
+
+
+def events(rows: list[dict[str, Any]]) -> list[str]:
+    """Create with the relay in serve publishing to RabbitMQ against AMQP_URL unset, run by run (alternated)."""
+    off = [row for row in rows if row["variant"] == "events off"]
+    on = [row for row in rows if row["variant"] == "events on"]
+    if not off or not on:
+        return ["- (not measured: no RabbitMQ)", ""]
+    lines = [
+        "| run | create req/s off / on | on / off | CPU ms/req off / on | RabbitMQ CPU ms/req on "
+        "| p50 / p99 ms on | pending at end, drained in |",
+        "|---:|---|---:|---|---:|---|---|",
+    ]
+    for number, (before, after) in enumerate(zip(off, on, strict=False), start=1):
+        backlog = after.get("extra", {}).get("events", {})
+        lines.append(
+            f"| {number} | {before['req_s']:.0f} / {after['req_s']:.0f} | {_ratio(after, before)} | "
+            f"{before['cpu_ms_per_request']} / {after['cpu_ms_per_request']} | "
+            f"{after.get('extra', {}).get('broker_cpu_ms_per_request', '-')} | "
+            f"{after['p50_ms']:.1f} / {after['p99_ms']:.1f} | "
+            f"{backlog.get('pending_at_end', '-')}, {backlog.get('drained_in_s', '-')} s |"
+        )
+    mean_off = sum(row["req_s"] for row in off) / len(off)
+    mean_on = sum(row["req_s"] for row in on) / len(on)
+    met = "yes" if mean_on >= 0.95 * mean_off else "no"
+    lines.append(
+        f"| mean | {mean_off:.0f} / {mean_on:.0f} | {mean_on / mean_off:.2f} (target >= 0.95: {met}) | | | | |"
+    )
     return [*lines, ""]
 
 
@@ -212,6 +242,7 @@ def write(results: dict[str, Any]) -> None:
         "",
         *tracing(rows),
     ]
+    lines += ["## Events: create with the relay publishing vs AMQP_URL unset (1 worker)", "", *events(rows)]
     lines += ["## Cost as the work grows (1 worker)", "", *growth(rows)]
     checks = ", ".join(f"{name}: {'holds' if holds else 'BROKEN'}" for name, holds in results["invariants"].items())
     lines += ["## Invariants, checked in the database after every run that writes", "", checks or "-", ""]

@@ -2,6 +2,7 @@
 
     uv run python -m benchmarks.run                            # everything, about 12 minutes
     uv run python -m benchmarks.run --workers 1 --duration 5   # a quick look
+    uv run python -m benchmarks.run --only-events --duration 5 # create with events on vs off only
 
 Needs wrk and pgbench (Debian's ``wrk`` and ``postgresql-client``; PgBouncer for the pooler
 variant). The database: ``BENCH_DATABASE_URL`` or ``TEST_DATABASE_URL`` (a server it may
@@ -240,6 +241,90 @@ def run_tracing(bench: Bench, scenarios: tuple[str, ...]) -> None:
             row.extra["otlp_export_requests"] = sink.requests - exports_before
 
 
+EVENTS_OFF, EVENTS_ON = "events off", "events on"
+
+
+def run_events(bench: Bench, rounds: int = 2) -> None:
+    """1 worker, create: AMQP_URL unset (events stay in the outbox) against the relay in serve publishing to
+    RabbitMQ (an exchange and a durable queue of this run's own), alternated to share the machine's drift."""
+    import asyncio  # noqa: PLC0415
+
+    import aio_pika  # noqa: PLC0415
+
+    url = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    name = f"orders-bench-{uuid.uuid4().hex[:8]}"
+
+    async def declare() -> None:
+        connection = await aio_pika.connect(url, timeout=5)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+            # A consumer's queue, as in production; bounded so that the run cannot fill the disk.
+            queue = await channel.declare_queue(name, durable=True, arguments={"x-max-length": 200_000})
+            await queue.bind(exchange, routing_key="orders.order.#")
+
+    async def remove() -> None:
+        connection = await aio_pika.connect(url, timeout=5)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(name)
+            await channel.exchange_delete(name)
+
+    try:
+        asyncio.run(declare())
+    except Exception as exc:  # noqa: BLE001 - no broker: no events figures
+        print(f"RabbitMQ does not answer at {url} ({exc}): no events figures", flush=True)
+        return
+    try:
+        for _ in range(rounds):
+            for variant, overrides in ((EVENTS_OFF, {}), (EVENTS_ON, {"AMQP_URL": url, "EVENTS_EXCHANGE": name})):
+                skip_backlog(bench)  # what earlier runs left in the outbox is not this run's work
+                with measure.product(bench.settings, 1, bench.log_dir, **overrides) as served:
+                    bench.warm_up(served, 1, ("create",))
+                    broker_before = broker_cpu_seconds()
+                    row = bench.drive(served, "create", "product", 1, variant=variant)
+                    broker_used = broker_cpu_seconds() - broker_before
+                    requests = row.req_s * bench.duration
+                    row.extra["broker_cpu_ms_per_request"] = round(broker_used / max(requests, 1) * 1000, 3)
+                    if variant == EVENTS_ON:
+                        row.extra["events"] = events_backlog(bench)
+    finally:
+        asyncio.run(remove())
+
+
+def broker_cpu_seconds() -> float:
+    """CPU used so far by the RabbitMQ server on this machine (Erlang's beam.smp), 0 when none is found."""
+    import psutil  # noqa: PLC0415
+
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] and process.info["name"].startswith("beam"):
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+def skip_backlog(bench: Bench) -> None:
+    schema = bench.database.admin.db_schema
+    with psycopg.connect(bench.database.admin.conninfo, autocommit=True) as connection:
+        connection.execute(f"UPDATE {schema}.outbox SET published_at = now() WHERE published_at IS NULL")
+
+
+def events_backlog(bench: Bench, within: float = 60.0) -> dict[str, float]:
+    """How far behind the relay was when wrk stopped, and how long it took to publish the rest."""
+    schema = bench.database.admin.db_schema
+    query = f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"
+    with psycopg.connect(bench.database.admin.conninfo, autocommit=True) as connection:
+        started = time.monotonic()
+        backlog = int(connection.execute(query).fetchone()[0])  # type: ignore[index]
+        remaining = backlog
+        while remaining and time.monotonic() - started < within:
+            time.sleep(0.1)  # polling the outbox for the relay to catch up
+            remaining = int(connection.execute(query).fetchone()[0])  # type: ignore[index]
+        return {"pending_at_end": backlog, "drained_in_s": round(time.monotonic() - started, 2), "left": remaining}
+
+
 def run_growth(bench: Bench) -> None:
     """The cost as the work grows: orders of 1, 10, 100 lines; a first page of 10 orders against one of 100,000."""
     seconds, connections = max(3, bench.duration // 3), 4
@@ -306,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--no-variants", action="store_true", help="skip the 1-worker variants (PgBouncer, tracing …)")
     parser.add_argument("--no-growth", action="store_true", help="skip the cost-as-the-work-grows runs")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--no-events", action="store_true", help="skip create with events on vs off (RabbitMQ)")
+    parser.add_argument("--only-events", action="store_true", help="only create with events on vs off")
+    parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS} (none with --only-events)")
     args = parser.parse_args(argv)
     scenarios = tuple(args.scenarios.split(","))
     started = time.time()
@@ -316,13 +403,17 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(database, seeded, args.connections, args.duration, Path(directory))
         with psycopg.connect(database.admin.conninfo) as connection:
             server_version = connection.execute("SHOW server_version").fetchone()
-        for workers in (int(w) for w in args.workers.split(",")):
-            run_targets(bench, workers, scenarios)
-        if not args.no_variants:
-            run_variants(bench, scenarios)
-        if not args.no_growth:
-            run_growth(bench)
-        run_ceiling(bench, scenarios)
+        if not args.only_events:
+            for workers in (int(w) for w in args.workers.split(",")):
+                run_targets(bench, workers, scenarios)
+            if not args.no_variants:
+                run_variants(bench, scenarios)
+            if not args.no_growth:
+                run_growth(bench)
+        if not args.no_events:
+            run_events(bench)
+        if not args.only_events:
+            run_ceiling(bench, scenarios)
     results = {
         "run_id": uuid.uuid4().hex[:8],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
@@ -332,10 +423,16 @@ def main(argv: list[str] | None = None) -> int:
         "invariants": bench.invariants,
         "rows": [asdict(row) for row in bench.rows],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    if args.only_events:  # a partial run: the committed results stay
+        print("\n".join(report.events([asdict(row) for row in bench.rows])), flush=True)
+        if args.output:
+            args.output.write_text(json.dumps(results, indent=1) + "\n")
+        return 0 if all(bench.invariants.values()) else 1
+    output = args.output or RESULTS
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=1) + "\n")
     report.write(results)
-    print(f"results: {args.output}, docs/benchmarks.md, docs/benchmarks.png", flush=True)
+    print(f"results: {output}, docs/benchmarks.md, docs/benchmarks.png", flush=True)
     return 0 if all(bench.invariants.values()) else 1
 
 

@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
             *([complete_document] if settings.openapi_enabled else []),
             create_route_series,
             freeze_startup_objects,
+            resources.events.start,
         ],
         on_shutdown=[resources.close],
         middleware=[HTTPMetricsMiddleware()],

@@ -1,4 +1,5 @@
-"""``orders-service``: ``serve`` (production, Granian), ``dev`` (one-command local run), ``purge-idempotency-keys``."""
+"""``orders-service``: ``serve`` (production, Granian), ``dev`` (one-command local run), ``relay`` (the events
+relay on its own), ``print-grants``, ``purge-idempotency-keys``, ``purge-events``."""
 
 from __future__ import annotations
 
@@ -149,6 +150,62 @@ def purge_idempotency_keys(settings: Settings, older_than_hours: int) -> int:
     return asyncio.run(purge())
 
 
+PURGE_EVENTS_BATCH = 5000
+
+
+def purge_events(settings: Settings, older_than_hours: int) -> int:
+    """Delete events published over ``older_than_hours`` ago, in batches; pending events stay. Returns the count."""
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    from orders_service.database import create_engine  # noqa: PLC0415
+    from orders_service.outbox import purge_published  # noqa: PLC0415
+    from orders_service.transactions import TransactionRunner  # noqa: PLC0415
+
+    cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+
+    async def purge() -> int:
+        engine = create_engine(settings, pool_size=1, pool_timeout=settings.db_pool_timeout)
+        try:
+            runner = TransactionRunner(engine, settings, pool_size=1, pool_timeout=settings.db_pool_timeout)
+            return await purge_published(runner, cutoff, PURGE_EVENTS_BATCH)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(purge())
+
+
+def relay(settings: Settings) -> int:
+    """Run the events relay on its own until SIGTERM or SIGINT (deployments that scale it apart from ``serve``)."""
+    import signal  # noqa: PLC0415
+
+    from orders_service.relay import Relay  # noqa: PLC0415
+
+    if not settings.amqp_url:
+        print("orders-service: the relay needs AMQP_URL", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        events_relay = Relay(settings)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, events_relay.stop)
+        await events_relay.run()
+
+    asyncio.run(run())
+    return 0
+
+
+def hours(value: str) -> int:
+    """``purge-events --older-than-hours``: a whole number of hours, at least 1."""
+    try:
+        parsed = int(value)
+    except ValueError:
+        parsed = 0
+    if parsed < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of hours, at least 1, got {value!r}")
+    return parsed
+
+
 def retention_hours(value: str) -> int:
     """``--older-than-hours``: a whole number of hours, at least 24."""
     expected = f"expected a whole number of hours, at least {MIN_KEY_RETENTION_HOURS}"
@@ -174,6 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     purge.add_argument(
         "--older-than-hours", type=retention_hours, default=MIN_KEY_RETENTION_HOURS, help="default and minimum: 24"
     )
+    commands.add_parser("relay", help="publish the outbox's events to RabbitMQ (AMQP_URL), until SIGTERM")
+    purge_events_parser = commands.add_parser(
+        "purge-events", help="delete events published longer ago than the retention (pending events stay)"
+    )
+    purge_events_parser.add_argument(
+        "--older-than-hours", type=hours, default=None, help="default: EVENTS_RETENTION_HOURS (168)"
+    )
     args = parser.parse_args(argv)
     if args.command == "dev":
         os.environ.setdefault("LOG_FORMAT", "console")
@@ -190,6 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from orders_service.grants import grants_sql  # noqa: PLC0415
 
             print(grants_sql(Settings.from_env(), args.role), end="")
+        elif args.command == "relay":
+            return relay(Settings.from_env())
+        elif args.command == "purge-events":
+            settings = Settings.from_env()
+            older_than = args.older_than_hours or settings.events_retention_hours
+            deleted = purge_events(settings, older_than)
+            print(f"deleted {deleted} published event(s) older than {older_than} hours")
         else:
             deleted = purge_idempotency_keys(Settings.from_env(), args.older_than_hours)
             print(f"deleted {deleted} idempotency key(s) older than {args.older_than_hours} hours")

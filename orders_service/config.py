@@ -55,6 +55,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     log_format: LogFormat = "json"  # `orders-service dev` defaults to "console"
     log_user: bool = False
     access_log: bool = True
+    # Events (the transactional outbox and its relay to RabbitMQ); AMQP_URL empty: the relay is off.
+    amqp_url: str = ""
+    events_exchange: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "orders"
+    events_source: Annotated[str, msgspec.Meta(min_length=1)] = "/orders-service"
+    events_relay_in_serve: bool = True
+    events_listen: bool = True
+    events_poll_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 1_000
+    events_lease_ttl_ms: Annotated[int, msgspec.Meta(ge=500, le=600_000)] = 5_000
+    events_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    events_linger_ms: Annotated[int, msgspec.Meta(ge=0, le=1_000)] = 100
+    events_retention_hours: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 168
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,6 +126,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     def schema_translate_map(self) -> dict[str | None, str]:
         """Maps the schema names written in the models to the configured ones."""
         return {"orders": self.db_schema, "catalog": self.catalog_schema}
+
+    @property
+    def outbox_channel(self) -> str:
+        """The NOTIFY channel of this schema's outbox (one per DB_SCHEMA: deployments sharing a database stay apart)."""
+        return f"{self.db_schema}_outbox"
 
     def as_env(self) -> dict[str, str]:
         """The settings as environment variables, for child processes (Granian workers)."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from orders_service.config import Settings
 
-# (table in DB_SCHEMA, privileges) - exactly the statements in repositories.py and the purge command.
+# (table in DB_SCHEMA, privileges) - exactly the statements in repositories.py, outbox.py and the purge commands.
 OWN_TABLE_PRIVILEGES = (
     ("orders", "SELECT, INSERT, UPDATE (status, cancelled_at)"),
     ("order_items", "SELECT, INSERT"),
     ("idempotency_keys", "SELECT, INSERT, UPDATE (order_id), DELETE"),
+    ("outbox", "SELECT, INSERT, UPDATE (published_at), DELETE"),
+    ("outbox_relay_lease", "SELECT, INSERT, UPDATE (holder, expires_at)"),
 )
 CATALOG_PRIVILEGES = "SELECT (id, price_cents, stock), UPDATE (stock)"
 

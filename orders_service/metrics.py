@@ -66,6 +66,21 @@ GATE_WAITING = Gauge(
     multiprocess_mode="livesum",
 )
 
+# Events (the outbox relay). Every relay of every worker reads the backlog; the max of the live ones is the truth.
+EVENTS_PENDING = Gauge("orders_events_pending", "Events in the outbox not yet published.", multiprocess_mode="livemax")
+EVENTS_OLDEST_PENDING_AGE = Gauge(
+    "orders_events_oldest_pending_age_seconds",
+    "Age of the oldest event not yet published (0 when none is pending).",
+    multiprocess_mode="livemax",
+)
+EVENTS_PUBLISHED = Counter("orders_events_published_total", "Events published and confirmed by the broker.", ["type"])
+for _type in ("orders.order.placed", "orders.order.cancelled"):
+    EVENTS_PUBLISHED.labels(type=_type)
+EVENTS_PUBLISH_FAILURES = Counter(
+    "orders_events_publish_failures_total",
+    "Failed attempts to reach the broker or to have a batch of events confirmed (each followed by a back-off).",
+)
+
 
 EXCLUDE_FROM_METRICS = "exclude_from_metrics"  # route opt key: /metrics itself is not counted
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+from uuid import UUID
 
 from advanced_alchemy.base import CommonTableAttributes
 from sqlalchemy import (
@@ -21,7 +22,9 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Uuid,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -109,6 +112,50 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.orders.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+
+
+EventType = Literal["orders.order.placed", "orders.order.cancelled"]
+EVENT_TYPE_MAX_LENGTH = 64
+
+
+class OutboxEvent(Base):
+    """An event to publish, written in the transaction of the change it announces (the transactional outbox).
+
+    Only the facts are stored; the relay builds the CloudEvent from the order's rows at publish time
+    (an order's lines, prices, total, user and creation time never change). No foreign key to
+    ``orders``: it would add a referential check to every order's insert, and the service never
+    deletes orders.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint("type IN ('orders.order.placed', 'orders.order.cancelled')", name="type_known"),
+        # The relay reads pending events in id order; published ones leave the index.
+        Index("ix_outbox_pending", "id", postgresql_where=text("published_at IS NULL")),
+        {"schema": "orders"},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    event_id: Mapped[UUID] = mapped_column(Uuid, server_default=func.gen_random_uuid())
+    order_id: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(EVENT_TYPE_MAX_LENGTH))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RelayLease(Base):
+    """Who may publish the outbox: one row per relay group, held by one relay until ``expires_at``.
+
+    A lease with an expiry, renewed in short transactions, rather than a session advisory lock:
+    it works through PgBouncer in transaction mode, and a relay that dies loses it by itself.
+    """
+
+    __tablename__ = "outbox_relay_lease"
+    __table_args__ = {"schema": "orders"}
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class CatalogBase(CommonTableAttributes, DeclarativeBase):

@@ -1,4 +1,4 @@
-"""What one worker shares between requests: engines, transaction runners, the product gate."""
+"""What one worker shares between requests: engines, transaction runners, the product gate, the events relay."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from orders_service import metrics
 from orders_service.config import Settings
 from orders_service.database import readiness_engine, request_engine
 from orders_service.product_gate import ProductGate
+from orders_service.relay import RelayInServe
 from orders_service.repositories import OrderRepository
 from orders_service.services import OrderService
 from orders_service.transactions import TransactionRunner
@@ -22,6 +23,7 @@ class Resources:
     readiness_runner: TransactionRunner
     gate: ProductGate
     orders: OrderService
+    events: RelayInServe
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -36,7 +38,9 @@ class Resources:
         gate = ProductGate(settings.product_gate_limit, timeout=settings.db_lock_timeout_ms / 1000)
         # The request path runs its statements through the runner; the repository's session serves
         # only Advanced-Alchemy's own methods, and opens no connection unless one of them is called.
-        repository = OrderRepository(session=AsyncSession(bind=runner.engine), runner=runner)
+        repository = OrderRepository(
+            session=AsyncSession(bind=runner.engine), runner=runner, outbox_channel=settings.outbox_channel
+        )
         return cls(
             settings=settings,
             runner=runner,
@@ -49,6 +53,7 @@ class Resources:
             ),
             gate=gate,
             orders=OrderService(repository, gate),
+            events=RelayInServe(settings),
         )
 
     @property
@@ -56,5 +61,6 @@ class Resources:
         return self.runner.engine
 
     async def close(self) -> None:
+        await self.events.stop()
         await self.runner.engine.dispose()
         await self.readiness_runner.engine.dispose()

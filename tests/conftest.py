@@ -17,7 +17,7 @@ from tests.database import ProvisionedDatabase, postgres_server, provisioned_dat
 from tests.granian import GranianServer, start_granian
 from tests.pgbouncer import pgbouncer, plain_binary, prepared_binary
 
-OUR_TABLES = ("orders", "order_items", "idempotency_keys")
+OUR_TABLES = ("orders", "order_items", "idempotency_keys", "outbox", "outbox_relay_lease")
 
 
 @pytest.fixture(scope="session")

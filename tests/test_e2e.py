@@ -25,7 +25,7 @@ def test_readme_quick_test_flow(granian: GranianServer, catalog: Catalog) -> Non
     catalog.add(1, price_cents=1299, stock=100)
     catalog.add(2, price_cents=2500, stock=50)
     with httpx.Client(base_url=granian.base_url) as client:
-        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/health").json() == {"status": "ok", "events": "disabled: AMQP_URL not set"}
         created = client.post(
             "/orders",
             headers={"Content-Type": "application/json", "X-User": "alice"},

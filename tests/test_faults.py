@@ -52,7 +52,7 @@ def stocked(fault_database: ProvisionedDatabase) -> ProvisionedDatabase:
     with psycopg.connect(admin.conninfo, autocommit=True) as connection:
         connection.execute(
             f"TRUNCATE {admin.db_schema}.orders, {admin.db_schema}.order_items, "
-            f"{admin.db_schema}.idempotency_keys, {admin.catalog_schema}.products"
+            f"{admin.db_schema}.idempotency_keys, {admin.db_schema}.outbox, {admin.catalog_schema}.products"
         )
         connection.execute(
             f"INSERT INTO {admin.catalog_schema}.products (id, price_cents, stock) "
@@ -86,6 +86,7 @@ def assert_everything_acknowledged_exists_once(database: ProvisionedDatabase, re
         stock: dict[int, int] = dict(
             connection.execute(f"SELECT id, stock FROM {admin.catalog_schema}.products").fetchall()
         )
+        events = connection.execute(f"SELECT order_id, type FROM {admin.db_schema}.outbox").fetchall()
 
     acknowledged = {order["id"]: (key, order) for key, order in report.acknowledged.items()}
     assert len(acknowledged) == len(report.acknowledged), "two keys were answered with the same order"
@@ -95,6 +96,10 @@ def assert_everything_acknowledged_exists_once(database: ProvisionedDatabase, re
         expected_status = "cancelled" if order_id in report.cancelled else "placed"
         assert orders[order_id] == (order["user_id"], expected_status)
         assert items[order_id] == {line["product_id"]: line["qty"] for line in order["requested"]}
+    # One event per committed change, none for what was rolled back or replayed.
+    expected_events = [(order_id, "orders.order.placed") for order_id in acknowledged]
+    expected_events += [(order_id, "orders.order.cancelled") for order_id in report.cancelled]
+    assert sorted(events) == sorted(expected_events)
     sold: dict[int, int] = {}
     for order_id, lines in items.items():
         if order_id in report.cancelled:

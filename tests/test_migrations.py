@@ -22,7 +22,7 @@ from orders_service.grants import grants_sql
 from orders_service.migrate import PROJECT_ROOT
 from tests.database import ProvisionedDatabase, scratch_database
 
-OUR_TABLES = {"alembic_version", "orders", "order_items", "idempotency_keys"}
+OUR_TABLES = {"alembic_version", "orders", "order_items", "idempotency_keys", "outbox", "outbox_relay_lease"}
 
 
 @pytest.fixture

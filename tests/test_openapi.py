@@ -61,7 +61,7 @@ def test_every_response_header_has_a_schema_and_every_503_a_retry_after(openapi:
 def test_the_readiness_503_and_its_body_are_documented(openapi: dict[str, Any]) -> None:
     readiness = operations(openapi)["readiness"]["responses"]["503"]
     body = readiness["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
-    assert set(openapi["components"]["schemas"][body]["properties"]) == {"status", "reason"}
+    assert set(openapi["components"]["schemas"][body]["properties"]) == {"status", "reason", "events"}
 
 
 def test_errors_of_unrouted_requests_are_documented_as_problems(openapi: dict[str, Any]) -> None:

@@ -134,7 +134,10 @@ def test_dev_runs_the_service_with_nothing_configured(tmp_path: Path) -> None:
     """The README's one command, on a machine with no database: an embedded PostgreSQL, demo products, orders."""
     env = {**BARE_ENV, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     with start_service(["dev"], env, workers=1, log_dir=tmp_path, cwd=tmp_path) as server:
-        assert httpx.get(f"{server.base_url}/health", timeout=10).json() == {"status": "ok"}
+        assert httpx.get(f"{server.base_url}/health", timeout=10).json() == {
+            "status": "ok",
+            "events": "disabled: AMQP_URL not set",
+        }
         order = httpx.post(
             f"{server.base_url}/orders", json={"items": [{"product_id": 1, "qty": 2}]}, headers={"X-User": "alice"}
         )

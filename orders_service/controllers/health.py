@@ -23,9 +23,18 @@ class Health(msgspec.Struct, omit_defaults=True):
             examples=['table_missing: relation "catalog.products" does not exist'],
         ),
     ] = None
+    events: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="The events relay of the worker that answered: `disabled: AMQP_URL not set`, `publishing` "
+            "(it holds the lease), `standby` (another relay publishes), `broker unreachable`, `database unavailable`, "
+            "`starting`, or published by a separate relay. Informative: it never makes readiness fail.",
+            examples=["publishing"],
+        ),
+    ] = None
 
 
-OK = Health("ok")
+LIVE = Health("ok")
 
 
 class HealthController(Controller):
@@ -44,10 +53,12 @@ class HealthController(Controller):
         except DatabaseUnavailable as exc:
             reason = f"{exc.cause}: {exc.context}" if exc.context else exc.cause
             return Response(
-                Health("unavailable", reason), status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS}
+                Health("unavailable", reason, events=resources.events.state),
+                status_code=503,
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
-        return Response(OK)
+        return Response(Health("ok", events=resources.events.state))
 
     @get("/live", operation_id="liveness", summary="Liveness: the process serves requests")
     async def liveness(self) -> Health:
-        return OK
+        return LIVE
