@@ -241,6 +241,7 @@ def write(results: dict[str, Any]) -> None:
         "the measured processes). Off is the default run above.",
         "",
         *tracing(rows),
+        "",
     ]
     lines += ["## Events: create with the relay publishing vs AMQP_URL unset (1 worker)", "", *events(rows)]
     lines += ["## Cost as the work grows (1 worker)", "", *growth(rows)]
