@@ -33,6 +33,7 @@ from orders_service.cli import main as cli_main
 from orders_service.config import Settings
 from tests.amqp import Received, event_queue, rabbitmqctl, require_broker
 from tests.conftest import Catalog
+from tests.faults import wait_until
 from tests.granian import free_port, start_granian
 from tests.scrape import scrape
 
@@ -73,16 +74,6 @@ def outbox_rows(catalog: Catalog) -> list[tuple[int, str, bool]]:
 
 def pending(catalog: Catalog) -> int:
     return catalog.scalar("SELECT count(*) FROM {orders}.outbox WHERE published_at IS NULL")
-
-
-async def until(condition: Any, within: float, what: str) -> float:
-    """Poll ``condition`` (blocking, run in a thread) until true; returns when."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(condition):
-            return time.monotonic()
-        await asyncio.sleep(0.05)  # polling an outside condition
-    raise AssertionError(f"{what} did not happen within {within}s")
 
 
 @pytest.fixture
@@ -208,7 +199,7 @@ async def test_a_consumer_receives_placed_and_cancelled_exactly(
                 shown = await http.get(f"/orders/{order_id}", headers={"X-User": "alice"})
 
                 await queue.wait_for(lambda received: len(received) >= 2, 30, "both events")
-                await until(lambda: pending(catalog) == 0, 30, "every event marked published")
+                await wait_until(lambda: pending(catalog) == 0, 30, "every event marked published")
                 await queue.drain()
                 health = (await http.get("/health")).json()
 
@@ -220,7 +211,7 @@ async def test_a_consumer_receives_placed_and_cancelled_exactly(
                     == metrics[("orders_events_oldest_pending_age_seconds", ())]
                 )
 
-            await until(backlog_reported_empty, 10, "the gauges show no backlog")
+            await wait_until(backlog_reported_empty, 10, "the gauges show no backlog")
             metrics = scrape(server)
 
     assert [message.routing_key for message in queue.received] == [PLACED, CANCELLED]
@@ -429,16 +420,18 @@ async def test_relays_killed_restarted_and_running_together_lose_nothing(
             killed_at = time.monotonic()
             active.wait(10)
             other = next(process for process in relays if process.pid != first_pid)
-            took_over_at = await until(lambda: lease_holder_pid(catalog) == other.pid, 20, "the other relay takes over")
+            took_over_at = await wait_until(
+                lambda: lease_holder_pid(catalog) == other.pid, 20, "the other relay takes over"
+            )
             seen = len(queue.received)
             await queue.wait_for(lambda received: len(received) >= seen + 100, 60, "100 more events")
 
             relays.append(start_relay(relay_settings, tmp_path, "c"))  # the killed one, started again
-            await until(lambda: "standby" in (tmp_path / "relay-c.log").read_text(), 30, "the new relay stands by")
+            await wait_until(lambda: "standby" in (tmp_path / "relay-c.log").read_text(), 30, "the new relay stands by")
             other.send_signal(signal.SIGTERM)  # a clean exit releases the lease: the new relay takes over at once
             assert other.wait(30) == 0
             stopped_at = time.monotonic()
-            handed_over_at = await until(
+            handed_over_at = await wait_until(
                 lambda: lease_holder_pid(catalog) == relays[-1].pid, 20, "the restarted relay takes over"
             )
             seen = len(queue.received)
@@ -454,7 +447,7 @@ async def test_relays_killed_restarted_and_running_together_lose_nothing(
             return expected <= {(int(envelope(m).subject), str(m.routing_key)) for m in received}
 
         await queue.wait_for(all_arrived, 60, "every event")
-        await until(lambda: pending(catalog) == 0, 30, "nothing pending")
+        await wait_until(lambda: pending(catalog) == 0, 30, "nothing pending")
         await queue.drain()
 
     by_id = Counter(message.message_id for message in queue.received)
@@ -509,7 +502,7 @@ async def test_relays_behind_pgbouncer_publish_by_polling(
             30,
             "every event through PgBouncer",
         )
-        await until(lambda: pending(catalog) == 0, 30, "nothing pending")
+        await wait_until(lambda: pending(catalog) == 0, 30, "nothing pending")
     logs = [(tmp_path / f"relay-{name}.log").read_text() for name in ("a", "b")]
     assert sorted("publishing" in log for log in logs) == [False, True], logs  # one publisher, the other stands by
     assert len(queue.received) == len(expected)

@@ -124,6 +124,16 @@ def assert_metrics_count_what_was_sent(before: Samples, after: Samples, report: 
     assert by_cause.total() == report.statuses[503]
 
 
+def assert_recovered_after(report: LoadReport, accepting: float) -> tuple[float, float | None]:
+    """Orders succeed, and 503s stop, within RECOVERY_BOUND of the database accepting connections again."""
+    first = report.first_success_after(accepting)
+    last_failure = report.last_failure()
+    assert first is not None
+    assert first - accepting <= RECOVERY_BOUND
+    assert last_failure is None or last_failure - accepting <= RECOVERY_BOUND
+    return first, last_failure
+
+
 def record(name: str, report: LoadReport, **figures: Any) -> None:
     shown = ", ".join(
         f"{key} {value:.3f}s" if isinstance(value, float) else f"{key} {value}" for key, value in figures.items()
@@ -174,11 +184,7 @@ async def test_fast_restart(stocked: ProvisionedDatabase, fault_server: Disposab
         assert_metrics_count_what_was_sent(before, scrape(server), report)
     assert_only_200_and_503(report)
     assert_everything_acknowledged_exists_once(stocked, report)
-    first = report.first_success_after(accepting)
-    last_failure = report.last_failure()
-    assert first is not None
-    assert first - accepting <= RECOVERY_BOUND
-    assert last_failure is None or last_failure - accepting <= RECOVERY_BOUND
+    first, last_failure = assert_recovered_after(report, accepting)
     record(
         "fast restart",
         report,
@@ -205,11 +211,7 @@ async def test_crash(stocked: ProvisionedDatabase, fault_server: DisposablePostg
         assert_metrics_count_what_was_sent(before, scrape(server), report)
     assert_only_200_and_503(report)
     assert_everything_acknowledged_exists_once(stocked, report)
-    first = report.first_success_after(accepting)
-    last_failure = report.last_failure()
-    assert first is not None
-    assert first - accepting <= RECOVERY_BOUND
-    assert last_failure is None or last_failure - accepting <= RECOVERY_BOUND
+    first, last_failure = assert_recovered_after(report, accepting)
     record(
         "crash",
         report,
