@@ -18,9 +18,9 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from benchmarks.seed import PRODUCTS, READERS
 from orders_service.config import Settings
-from orders_service.repositories import FIRST_PAGE, PLACE_ORDER
-from orders_service.statements import Statement
-from orders_service.transactions import SET_TIMEOUTS
+from orders_service.db.statements import Statement
+from orders_service.db.transactions import SET_TIMEOUTS
+from orders_service.orders.order_sql import FIRST_PAGE, PLACE_ORDER
 
 
 def _sql(statement: Statement | str, settings: Settings, values: dict[str, str]) -> str:

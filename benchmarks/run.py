@@ -33,9 +33,9 @@ import psycopg
 from benchmarks import ceiling, measure, report
 from benchmarks.seed import HEAVY_USER, LIGHT_USER, Seeded, check_invariants, count_orders, seed
 from orders_service.config import Settings
-from tests.database import ProvisionedDatabase, postgres_server, provisioned_database
-from tests.otlp_sink import otlp_sink
-from tests.pgbouncer import pgbouncer, plain_binary
+from tests.support.database import ProvisionedDatabase, postgres_server, provisioned_database
+from tests.support.otlp_sink import otlp_sink
+from tests.support.pgbouncer import pgbouncer, plain_binary
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 SCENARIOS = ("create", "hot", "list", "mixed")

@@ -13,8 +13,8 @@ from sqlalchemy import MetaData, create_engine, pool, text
 from sqlalchemy.engine import Connection
 
 from orders_service.config import ConfigError, Settings
-from orders_service.database import ALEMBIC_VERSION_TABLE
-from orders_service.models import Base
+from orders_service.db.engine import ALEMBIC_VERSION_TABLE
+from orders_service.db.models import Base
 
 config = context.config
 try:

@@ -13,28 +13,24 @@ from litestar.logging import LoggingConfig
 from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler, LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
-from orders_service import logs
+from orders_service.api.health import HealthController
+from orders_service.api.openapi import complete_document, openapi_config, swagger_assets_router
+from orders_service.api.orders import OrderController
+from orders_service.api.problem_details import problem_details_plugin
+from orders_service.components import WorkerComponents
 from orders_service.config import Settings
-from orders_service.controllers.health import HealthController
-from orders_service.controllers.orders import OrderController
-from orders_service.database import sqlalchemy_config
-from orders_service.errors import (
-    DatabaseUnavailable,
-    IdempotencyKeyReused,
-    OrderRejected,
-    RestockOverflow,
-    problem_details_plugin,
-)
-from orders_service.metrics import (
+from orders_service.db.engine import sqlalchemy_config
+from orders_service.db.unavailable import DatabaseUnavailable
+from orders_service.observability import logs
+from orders_service.observability.http_metrics import (
     HTTPMetricsMiddleware,
-    MetricsController,
     count_unrouted_response,
     create_route_series,
 )
-from orders_service.openapi import complete_document, openapi_config, swagger_assets_router
-from orders_service.request_log import RequestLog
-from orders_service.resources import Resources
-from orders_service.tracing import tracing_enabled
+from orders_service.observability.metrics_endpoint import MetricsController
+from orders_service.observability.request_log import RequestLog
+from orders_service.observability.tracing import tracing_enabled
+from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
@@ -76,19 +72,19 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
     instead of the OTLP exporter.
     """
     settings = settings or Settings.from_env()
-    resources = Resources.create(settings)
+    components = WorkerComponents.create(settings)
     handlers: list[ControllerRouterHandler] = [OrderController, HealthController, MetricsController]
     if settings.openapi_enabled:
         handlers.append(swagger_assets_router())
-    # The plugin serves `litestar database upgrade`; requests use `resources`, never its sessions.
+    # The plugin serves `litestar database upgrade`; requests use `components`, never its sessions.
     plugins: list[PluginProtocol] = [
-        SQLAlchemyPlugin(config=sqlalchemy_config(settings, resources.engine)),
+        SQLAlchemyPlugin(config=sqlalchemy_config(settings, components.engine)),
         problem_details_plugin(),
     ]
     if tracing_enabled():
-        from orders_service.tracing_plugin import TracingPlugin  # noqa: PLC0415 - OpenTelemetry loads only when on
+        from orders_service.observability.tracing_plugin import TracingPlugin  # noqa: PLC0415 - OpenTelemetry loads only when on
 
-        plugins.append(TracingPlugin(resources.engine, span_processor))
+        plugins.append(TracingPlugin(components.engine, span_processor))
     logs.configure_app_process()
     return OrdersApp(
         request_log=RequestLog(settings),
@@ -96,17 +92,17 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
         # Made once per app (a worker): each handler resolves at most one dependency per request,
         # since Litestar resolves several of the same level in a task group.
         dependencies={
-            "resources": Provide(lambda: resources, sync_to_thread=False, use_cache=True),
-            "orders": Provide(lambda: resources.orders, sync_to_thread=False, use_cache=True),
+            "components": Provide(lambda: components, sync_to_thread=False, use_cache=True),
+            "orders": Provide(lambda: components.orders, sync_to_thread=False, use_cache=True),
         },
         plugins=plugins,
         on_startup=[
             *([complete_document] if settings.openapi_enabled else []),
             create_route_series,
             freeze_startup_objects,
-            resources.events.start,
+            components.events.start,
         ],
-        on_shutdown=[resources.close],
+        on_shutdown=[components.close],
         middleware=[HTTPMetricsMiddleware()],
         before_send=[count_unrouted_response],
         openapi_config=openapi_config(version=VERSION) if settings.openapi_enabled else None,

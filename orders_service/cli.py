@@ -16,8 +16,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from orders_service import logs
 from orders_service.config import ConfigError, Settings
+from orders_service.observability import logs
 
 logger = logging.getLogger("orders_service")
 
@@ -75,7 +75,7 @@ def serve(settings: Settings) -> None:
     from granian.log import LogLevels  # noqa: PLC0415
     from granian.server import Server  # noqa: PLC0415
 
-    from orders_service.startup_check import check_database_at_start  # noqa: PLC0415
+    from orders_service.db.startup_check import check_database_at_start  # noqa: PLC0415
 
     address = listen_address(settings.listen_host)
     check_database_at_start(settings)
@@ -102,7 +102,7 @@ def dev() -> None:
     if any(name in os.environ for name in DB_ENV_VARS):
         serve_with_demo_catalog(Settings.from_env())
         return
-    from orders_service.embedded_db import embedded_postgres  # noqa: PLC0415
+    from orders_service.dev.embedded_postgres import embedded_postgres  # noqa: PLC0415
 
     logger.info("no DB_* variables set: starting the embedded PostgreSQL in %s", DEV_DATA_DIR)
     with embedded_postgres(DEV_DATA_DIR.resolve()) as db_env:
@@ -114,8 +114,8 @@ def serve_with_demo_catalog(settings: Settings) -> None:
     """Create the demo catalog if there is none, apply the migrations, serve."""
     from sqlalchemy import create_engine  # noqa: PLC0415
 
-    from orders_service import migrate  # noqa: PLC0415
-    from orders_service.catalog import ensure_demo_catalog  # noqa: PLC0415
+    from orders_service.dev import migrate  # noqa: PLC0415
+    from orders_service.dev.demo_catalog import ensure_demo_catalog  # noqa: PLC0415
 
     engine = create_engine(settings.database_url)
     with engine.begin() as connection:
@@ -128,57 +128,23 @@ def serve_with_demo_catalog(settings: Settings) -> None:
 
 def purge_idempotency_keys(settings: Settings, older_than_hours: int) -> int:
     """Delete idempotency keys older than ``older_than_hours`` (at least 24); orders stay. Returns the count."""
-    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+    from orders_service.orders.idempotency_keys import purge_keys_older_than  # noqa: PLC0415
 
-    from sqlalchemy.ext.asyncio import AsyncSession  # noqa: PLC0415
-
-    from orders_service.database import sqlalchemy_config  # noqa: PLC0415
-    from orders_service.repositories import IdempotencyKeyRepository  # noqa: PLC0415
-
-    cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
-
-    async def purge() -> int:
-        engine = sqlalchemy_config(settings).get_engine()
-        try:
-            async with AsyncSession(engine) as session:
-                deleted = await IdempotencyKeyRepository(session=session).delete_older_than(cutoff)
-                await session.commit()
-                return deleted
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(purge())
-
-
-PURGE_EVENTS_BATCH = 5000
+    return asyncio.run(purge_keys_older_than(settings, older_than_hours))
 
 
 def purge_events(settings: Settings, older_than_hours: int) -> int:
     """Delete events published over ``older_than_hours`` ago, in batches; pending events stay. Returns the count."""
-    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+    from orders_service.events.outbox import purge_events_older_than  # noqa: PLC0415
 
-    from orders_service.database import create_engine  # noqa: PLC0415
-    from orders_service.outbox import purge_published  # noqa: PLC0415
-    from orders_service.transactions import TransactionRunner  # noqa: PLC0415
-
-    cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
-
-    async def purge() -> int:
-        engine = create_engine(settings, pool_size=1, pool_timeout=settings.db_pool_timeout)
-        try:
-            runner = TransactionRunner(engine, settings, pool_size=1, pool_timeout=settings.db_pool_timeout)
-            return await purge_published(runner, cutoff, PURGE_EVENTS_BATCH)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(purge())
+    return asyncio.run(purge_events_older_than(settings, older_than_hours))
 
 
 def relay(settings: Settings) -> int:
     """Run the events relay on its own until SIGTERM or SIGINT (deployments that scale it apart from ``serve``)."""
     import signal  # noqa: PLC0415
 
-    from orders_service.relay import Relay  # noqa: PLC0415
+    from orders_service.events.relay import Relay  # noqa: PLC0415
 
     if not settings.amqp_url:
         print("orders-service: the relay needs AMQP_URL", file=sys.stderr)
@@ -251,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "dev":
             dev()
         elif args.command == "print-grants":
-            from orders_service.grants import grants_sql  # noqa: PLC0415
+            from orders_service.db.grants import grants_sql  # noqa: PLC0415
 
             print(grants_sql(Settings.from_env(), args.role), end="")
         elif args.command == "relay":

@@ -13,9 +13,9 @@ from sqlalchemy import Engine, create_engine, text
 
 from orders_service.app import create_app
 from orders_service.config import Settings
-from tests.database import ProvisionedDatabase, postgres_server, provisioned_database
-from tests.granian import GranianServer, start_granian
-from tests.pgbouncer import pgbouncer, plain_binary, prepared_binary
+from tests.support.database import ProvisionedDatabase, postgres_server, provisioned_database
+from tests.support.granian import GranianServer, start_granian
+from tests.support.pgbouncer import pgbouncer, plain_binary, prepared_binary
 
 OUR_TABLES = ("orders", "order_items", "idempotency_keys", "outbox", "outbox_relay_lease")
 

@@ -1,0 +1,65 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+
+from orders_service.api.problem_details import RETRY_AFTER_SECONDS
+from orders_service.components import WorkerComponents
+from orders_service.db.readiness import check_tables
+from orders_service.db.unavailable import DatabaseUnavailable
+
+
+class Health(msgspec.Struct, omit_defaults=True):
+    status: Annotated[Literal["ok", "unavailable"], msgspec.Meta(examples=["ok"])]
+    reason: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Why the instance is not ready (503 only).",
+            examples=['table_missing: relation "catalog.products" does not exist'],
+        ),
+    ] = None
+    events: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="The events relay of the worker that answered: `disabled: AMQP_URL not set`, `publishing` "
+            "(it holds the lease), `standby` (another relay publishes), `broker unreachable`, `database unavailable`, "
+            "`starting`, or published by a separate relay. Informative: it never makes readiness fail.",
+            examples=["publishing"],
+        ),
+    ] = None
+
+
+LIVE = Health("ok")
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get(
+        operation_id="readiness",
+        summary="Readiness: the database answers and has the service's tables",
+        responses={503: ResponseSpec(data_container=Health, description="Not ready; `reason` says why.")},
+    )
+    async def readiness(self, components: NamedDependency[WorkerComponents]) -> Response[Health]:
+        """200 when the database answers within ``HEALTH_TIMEOUT`` on a connection of its own, else 503 and why."""
+        try:
+            await check_tables(components.readiness_runner)
+        except DatabaseUnavailable as exc:
+            reason = f"{exc.cause}: {exc.context}" if exc.context else exc.cause
+            return Response(
+                Health("unavailable", reason, events=components.events.state),
+                status_code=503,
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        return Response(Health("ok", events=components.events.state))
+
+    @get("/live", operation_id="liveness", summary="Liveness: the process serves requests")
+    async def liveness(self) -> Health:
+        return LIVE

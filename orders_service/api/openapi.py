@@ -1,0 +1,115 @@
+"""The published OpenAPI 3.1 document and its Swagger UI, served without any CDN.
+
+Litestar builds the document from the handlers. What it cannot express there is added
+once, at start: the ``Retry-After`` header of every 503, the ``X-Request-ID`` header of every
+response, and a ``default`` problem-details
+response (a URL that matches no route answers 404, a method a path lacks 405, both as
+problem details). Swagger UI's files come from the ``swagger-ui-py`` package and are served
+by the service itself, so the docs page works in clusters without internet access.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from litestar import Litestar, Router
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Operation,
+    Reference,
+    Schema,
+)
+from litestar.openapi.spec.enums import OpenAPIType
+from litestar.static_files import create_static_files_router
+
+from orders_service.api.problem_details import RETRY_AFTER_SECONDS
+from orders_service.api.user_guard import GATEWAY_USER_SCHEME, GATEWAY_USER_SECURITY
+from orders_service.observability.request_log import MAX_REQUEST_ID_LENGTH, REQUEST_ID_HEADER
+
+SCHEMA_PATH = "/schema"
+SWAGGER_ASSETS_PATH = f"{SCHEMA_PATH}/swagger-ui"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+RETRY_AFTER = OpenAPIHeader(
+    description="Seconds to wait before retrying.",
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+    example=int(RETRY_AFTER_SECONDS),
+)
+
+REQUEST_ID = OpenAPIHeader(
+    description=f"The request's {REQUEST_ID_HEADER} header when it was 1 to {MAX_REQUEST_ID_LENGTH} printable ASCII "
+    "characters, else an id the service made; every log line about the request carries it.",
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_REQUEST_ID_LENGTH),
+    example="0f8e2c5d7a9b4e61a3c2d1b0e9f8a7c6",
+)
+
+
+def swagger_ui_directory() -> Path:
+    """Swagger UI's static files, shipped by the ``swagger-ui-py`` package (found without importing it)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - a runtime dependency
+        raise RuntimeError("the swagger-ui-py package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+def openapi_config(version: str) -> OpenAPIConfig:
+    assets = SWAGGER_ASSETS_PATH
+    return OpenAPIConfig(
+        title="Orders service",
+        version=version,
+        path=SCHEMA_PATH,
+        render_plugins=[
+            SwaggerRenderPlugin(
+                js_url=f"{assets}/swagger-ui-bundle.js",
+                css_url=f"{assets}/swagger-ui.css",
+                standalone_preset_js_url=f"{assets}/swagger-ui-standalone-preset.js",
+                favicon=f"<link rel='icon' type='image/png' href='{assets}/favicon-32x32.png'>",
+            )
+        ],
+        components=Components(security_schemes={GATEWAY_USER_SCHEME: GATEWAY_USER_SECURITY}),
+    )
+
+
+def swagger_assets_router() -> Router:
+    return create_static_files_router(
+        path=SWAGGER_ASSETS_PATH, directories=[swagger_ui_directory()], include_in_schema=False
+    )
+
+
+def complete_document(app: Litestar) -> None:
+    """Startup hook: add to the built document what the handlers cannot declare."""
+    document = app.openapi_schema
+    for path in (document.paths or {}).values():
+        for operation in (path.get, path.post, path.put, path.patch, path.delete):
+            if operation is not None:
+                _complete_operation(operation, problem_schema=_problem_schema(operation))
+
+
+def _problem_schema(operation: Operation) -> Schema | Reference | None:
+    for response in (operation.responses or {}).values():
+        if isinstance(response, OpenAPIResponse) and response.content and PROBLEM_MEDIA_TYPE in response.content:
+            return response.content[PROBLEM_MEDIA_TYPE].schema
+    return None
+
+
+def _complete_operation(operation: Operation, problem_schema: Schema | Reference | None) -> None:
+    responses = operation.responses if operation.responses is not None else {}
+    if problem_schema is not None and "default" not in responses:
+        responses["default"] = OpenAPIResponse(
+            description="Any other error as problem details, e.g. 404 for a URL that matches no route and 405 "
+            "for a method the path does not support.",
+            content={PROBLEM_MEDIA_TYPE: OpenAPIMediaType(schema=problem_schema)},
+        )
+    for status, response in responses.items():
+        if not isinstance(response, OpenAPIResponse):
+            continue
+        response.headers = {**(response.headers or {}), REQUEST_ID_HEADER: REQUEST_ID}
+        if status == "503":
+            response.headers["Retry-After"] = RETRY_AFTER
+    operation.responses = responses

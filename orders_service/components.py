@@ -1,0 +1,63 @@
+"""The composition root: builds what one worker shares between requests (engines, transaction runners, the product
+gate, the order service, the events relay) and closes it on shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orders_service.config import Settings
+from orders_service.db.engine import readiness_engine, request_engine
+from orders_service.db.transactions import TransactionRunner
+from orders_service.events.relay_in_serve import RelayInServe
+from orders_service.observability import metrics
+from orders_service.orders.product_gate import ProductGate
+from orders_service.orders.service import OrderService
+from orders_service.orders.store import OrderStore
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerComponents:
+    settings: Settings
+    runner: TransactionRunner
+    readiness_runner: TransactionRunner
+    gate: ProductGate
+    orders: OrderService
+    events: RelayInServe
+
+    @classmethod
+    def create(cls, settings: Settings) -> WorkerComponents:
+        """Build everything; no connection is opened until the first request needs one."""
+        runner = TransactionRunner(
+            request_engine(settings),
+            settings,
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout,
+            pool_name=metrics.REQUEST_POOL,
+        )
+        gate = ProductGate(settings.product_gate_limit, timeout=settings.db_lock_timeout_ms / 1000)
+        store = OrderStore(runner, settings.outbox_channel)
+        return cls(
+            settings=settings,
+            runner=runner,
+            readiness_runner=TransactionRunner(
+                readiness_engine(settings),
+                settings,
+                pool_size=1,
+                pool_timeout=settings.health_timeout,
+                budget=settings.health_timeout,
+            ),
+            gate=gate,
+            orders=OrderService(store, gate),
+            events=RelayInServe(settings),
+        )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.runner.engine
+
+    async def close(self) -> None:
+        await self.events.stop()
+        await self.runner.engine.dispose()
+        await self.readiness_runner.engine.dispose()

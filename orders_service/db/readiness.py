@@ -1,0 +1,32 @@
+"""What readiness checks: the database answers and holds every table and column the service uses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from sqlalchemy import Table, false, select
+
+from orders_service.db.models import IdempotencyKey, Order, OrderItem, OutboxEvent, Product
+from orders_service.db.statements import Statement, Step
+
+if TYPE_CHECKING:
+    from orders_service.db.transactions import TransactionRunner
+
+_orders, _items, _keys, _outbox, _products = (
+    cast("Table", model.__table__) for model in (Order, OrderItem, IdempotencyKey, OutboxEvent, Product)
+)
+
+# Fails with the missing table, column or privilege, which is what readiness reports; reads no row.
+READINESS_CHECK = Statement(
+    "readiness_check",
+    select(
+        _products.c.id, _products.c.price_cents, _products.c.stock, _orders.c.id, _items.c.id, _keys.c.key, _outbox.c.id
+    )
+    .select_from(_products.join(_orders, false()).join(_items, false()).join(_keys, false()).join(_outbox, false()))
+    .limit(0),
+)
+
+
+async def check_tables(runner: TransactionRunner) -> None:
+    """Raise DatabaseUnavailable unless the database answers and every table the service uses is there."""
+    await runner.run([Step(READINESS_CHECK, {})], writes=False)

@@ -1,0 +1,315 @@
+"""The outbox relay: publishes committed events to RabbitMQ, at least once, one publisher at a time.
+
+Each cycle is a short transaction: claim (or renew) the lease and read the oldest pending events
+(``outbox.py``); publish them on a durable topic exchange with publisher confirms; mark published
+only what the broker confirmed, in outbox id order. Only the lease holder publishes, so an order's
+events leave in the order they were written. Another relay takes over when the holder's lease
+expires (``EVENTS_LEASE_TTL_MS``), e.g. because its process died.
+
+The holder wakes on ``NOTIFY`` (sent by the order's statement at commit) on a direct connection of
+its own when ``EVENTS_LISTEN`` is on, and polls every ``EVENTS_POLL_INTERVAL_MS`` in any case, which
+is what works behind PgBouncer. A broker or database fault is counted, logged once, and retried
+after a bounded back-off; it never reaches the request path, which only writes the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from typing import Any, cast
+
+import aio_pika
+import aiormq
+import psycopg
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq import spec
+from psycopg import sql
+
+from orders_service.config import Settings
+from orders_service.db.engine import connect_args, create_engine
+from orders_service.db.transactions import StatementFailed, TransactionRunner
+from orders_service.db.unavailable import DatabaseUnavailable
+from orders_service.events.amqp_publish import publish_batch
+from orders_service.events.backoff import Backoff
+from orders_service.events.cloudevents import CONTENT_TYPE, PendingEvent, encode_event, order_as_of
+from orders_service.events.outbox import Outbox
+from orders_service.observability import metrics
+
+logger = logging.getLogger(__name__)
+
+STARTING = "starting"
+PUBLISHING = "publishing"
+STANDBY = "standby"
+BROKER_UNREACHABLE = "broker unreachable"
+DATABASE_UNAVAILABLE = "database unavailable"
+
+BROKER_TIMEOUT = 5.0
+PERSISTENT = 2  # AMQP delivery mode
+
+
+def default_holder() -> str:
+    """A name for this relay in the lease table: where it runs, and unique."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Relay:
+    def __init__(self, settings: Settings, *, holder: str | None = None) -> None:
+        self.settings = settings
+        self.state = STARTING
+        runner = TransactionRunner(
+            create_engine(settings, pool_size=1, pool_timeout=settings.db_pool_timeout),
+            settings,
+            pool_size=1,
+            pool_timeout=settings.db_pool_timeout,
+        )
+        ttl = settings.events_lease_ttl_ms / 1000
+        self.outbox = Outbox(runner, holder or default_holder(), lease_ttl_seconds=ttl)
+        # The holder renews its lease well before it expires.
+        self._holder_pause = min(settings.events_poll_interval_ms / 1000, ttl / 3)
+        self._standby_pause = settings.events_poll_interval_ms / 1000
+        self._linger = settings.events_linger_ms / 1000
+        self._last_batch = 0
+        self._wake = asyncio.Event()
+        self._armed = asyncio.Event()  # the relay waits: the listener may read NOTIFYs
+        self._stopping = asyncio.Event()
+        self._backoff = Backoff()
+        self._held = False
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._unmarked: list[int] = []  # confirmed by the broker, not yet marked published
+
+    @property
+    def holder(self) -> str:
+        return self.outbox.holder
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Publish until ``stop()``; then release the lease, so that another relay takes over at once."""
+        logger.info("events relay %s: exchange %r", self.holder, self.settings.events_exchange)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._cycle()
+                except Exception:  # a bug must not end publishing: log it, start afresh after a back-off
+                    logger.exception("events relay: unexpected error")
+                    await self._drop_broker()
+                    await self._pause(self._backoff.next())
+        finally:
+            await self._shutdown()
+
+    async def _cycle(self) -> None:
+        exchange = await self._ensure_broker()
+        connected = exchange is not None
+        self._wake.clear()  # a NOTIFY from now on wakes the next pause
+        try:
+            held, pending, oldest_age, batch = await self.outbox.claim(
+                want=connected, limit=self.settings.events_batch_size, published=self._unmarked
+            )
+            self._unmarked = []
+        except (DatabaseUnavailable, StatementFailed) as exc:
+            self._set_state(DATABASE_UNAVAILABLE, str(exc))
+            await self._pause(self._backoff.next())
+            return
+        metrics.EVENTS_PENDING.set(pending)
+        metrics.EVENTS_OLDEST_PENDING_AGE.set(oldest_age)
+        if exchange is None:
+            await self._pause(self._backoff.next())
+            return
+        self._set_held(held)
+        if not held:
+            self._backoff.reset()
+            await self._pause(self._standby_pause)
+            return
+        self._last_batch = len(batch)
+        if batch:
+            if not await self._publish(exchange, batch):
+                return
+            if len(batch) == self.settings.events_batch_size:
+                return  # more are waiting: no pause
+            if not self._wake.is_set():  # idle: mark now; under load the next claim marks them
+                await self._flush_marks()
+        self._backoff.reset()
+        await self._pause(self._holder_pause)
+
+    async def _publish(self, exchange: AbstractExchange, batch: list[PendingEvent]) -> bool:
+        """Publish ``batch``; what the broker confirmed is marked next (``_unmarked``). False after a fault."""
+        source = self.settings.events_source
+        sendable: list[tuple[PendingEvent, bytes, spec.Basic.Properties]] = []
+        orphans: list[int] = []
+        for event in batch:
+            order = order_as_of(event)
+            if order is None:  # deleted by hand: nothing left to say about it
+                logger.warning("events relay: order %d of event %s no longer exists", event.order_id, event.event_id)
+                orphans.append(event.outbox_id)
+                continue
+            properties = spec.Basic.Properties(
+                content_type=CONTENT_TYPE,
+                delivery_mode=PERSISTENT,
+                message_id=str(event.event_id),
+                message_type=event.type,
+            )
+            sendable.append((event, encode_event(event, order, source), properties))
+        timeout = self.settings.events_lease_ttl_ms / 1000
+        outgoing = [(event.type, body, properties) for event, body, properties in sendable]
+        try:
+            assert self._channel is not None  # noqa: S101 - set with the exchange
+            channel = cast("aiormq.Channel", await self._channel.get_underlay_channel())
+        except aiormq.exceptions.AMQPError as exc:  # closed under us (the broker went away)
+            results: list[BaseException | None] = [exc] * len(outgoing)
+        else:
+            results = await publish_batch(channel, exchange.name, outgoing, timeout)
+        confirmed: list[PendingEvent] = []
+        failure: BaseException | None = None
+        for (event, _, _), result in zip(sendable, results, strict=True):
+            if result is not None:
+                failure = result
+                break  # only a prefix counts: what follows is published again, after what failed
+            confirmed.append(event)
+        self._unmarked += [event.outbox_id for event in confirmed] + orphans
+        for event in confirmed:
+            metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
+        if failure is not None:
+            metrics.EVENTS_PUBLISH_FAILURES.inc()
+            self._set_state(BROKER_UNREACHABLE, _describe(failure))
+            await self._drop_broker()
+            await self._pause(self._backoff.next())
+            return False
+        return True
+
+    async def _ensure_broker(self) -> AbstractExchange | None:
+        """The declared exchange on a live connection, connecting when needed; None (logged) when that fails."""
+        if (
+            self._exchange is not None
+            and self._connection is not None
+            and self._channel is not None
+            and not self._connection.is_closed
+            and not self._channel.is_closed
+        ):
+            return self._exchange
+        await self._drop_broker()
+        try:
+            async with asyncio.timeout(BROKER_TIMEOUT):
+                self._connection = await aio_pika.connect(self.settings.amqp_url, timeout=BROKER_TIMEOUT)
+                self._channel = await self._connection.channel(publisher_confirms=True)
+                self._exchange = await self._channel.declare_exchange(
+                    self.settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is "unreachable"; retried after a back-off
+            metrics.EVENTS_PUBLISH_FAILURES.inc()
+            self._set_state(BROKER_UNREACHABLE, _describe(exc))
+            await self._drop_broker()
+            return None
+        return self._exchange
+
+    async def _flush_marks(self) -> None:
+        """Mark what the broker confirmed; on a database fault they stay for the next claim to mark."""
+        if not self._unmarked:
+            return
+        try:
+            await self.outbox.mark_published(self._unmarked)
+        except (DatabaseUnavailable, StatementFailed) as exc:
+            self._set_state(DATABASE_UNAVAILABLE, str(exc))
+            return
+        self._unmarked = []
+
+    async def _drop_broker(self) -> None:
+        """Forget the broker connection, and the lease with it: a relay that cannot publish lets another one."""
+        await self._flush_marks()
+        if self._held:
+            self._set_held(False)
+            await self._release()
+        connection, self._connection, self._channel, self._exchange = self._connection, None, None, None
+        if connection is not None:
+            # Bounded: a broker that is going away may never answer the close.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(BROKER_TIMEOUT):
+                    await connection.close()
+
+    def _set_held(self, held: bool) -> None:
+        if held and not self._held and self.settings.events_listen:
+            self._listener = asyncio.create_task(self._listen(), name="outbox-listener")
+        elif not held:
+            self._stop_listener()
+        self._held = held
+        self._set_state(PUBLISHING if held else STANDBY)
+
+    async def _release(self) -> None:
+        with contextlib.suppress(DatabaseUnavailable, StatementFailed):
+            await self.outbox.release()
+
+    def _stop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+
+    async def _listen(self) -> None:
+        """Wake the relay on every NOTIFY of the outbox's channel (holder only). Faults: reconnect after a back-off."""
+        backoff = Backoff()
+        arguments: dict[str, Any] = {**connect_args(self.settings), "application_name": "orders-service-relay"}
+        arguments.pop("prepare_threshold", None)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.settings.conninfo, autocommit=True, **arguments
+                ) as connection:
+                    await connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.settings.outbox_channel)))
+                    backoff.reset()
+                    self._wake.set()  # what was committed before LISTEN: read it now
+                    while True:
+                        # Read only while the relay waits: NOTIFYs that arrive while it publishes stay in the
+                        # socket and cost one read at the next pause, not one each (measured: 0.03 ms of CPU
+                        # per order at 1,000 orders/s).
+                        await self._armed.wait()
+                        async for _ in connection.notifies(stop_after=1):
+                            pass
+                        self._wake.set()
+                        self._armed.clear()
+            except psycopg.Error as exc:
+                logger.info("events relay: LISTEN connection failed (%s); polling meanwhile", _describe(exc))
+            await asyncio.sleep(backoff.next())  # the poll keeps publishing meanwhile
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when woken (a NOTIFY, ``stop()``).
+
+        Woken by a NOTIFY under load (the last batch held more than one event), it lingers
+        ``EVENTS_LINGER_MS`` first, so that the orders committed meanwhile go in the same batch: a cycle
+        costs about as much as a hundred events (measured: 0.18 -> 0.05 ms of CPU per order at 1,000
+        orders/s with 20 -> 100 ms). An event after a quiet spell leaves at once.
+        """
+        self._armed.set()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+                self._armed.clear()
+                if self._linger and self._last_batch > 1 and not self._stopping.is_set():
+                    await asyncio.sleep(self._linger)
+        except TimeoutError:
+            pass
+        finally:
+            self._armed.clear()
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state != self.state:
+            level = logging.WARNING if state in {BROKER_UNREACHABLE, DATABASE_UNAVAILABLE} else logging.INFO
+            logger.log(level, "events relay %s: %s%s", self.holder, state, f" ({detail})" if detail else "")
+            self.state = state
+
+    async def _shutdown(self) -> None:
+        await self._drop_broker()
+        self._stop_listener()
+        await self.outbox.runner.engine.dispose()
+        logger.info("events relay %s stopped", self.holder)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

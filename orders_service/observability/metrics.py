@@ -1,0 +1,69 @@
+"""The Prometheus metrics the service exports: HTTP metrics with the contract's exact names, order counters, saturation.
+
+In multi-worker deployments ``PROMETHEUS_MULTIPROC_DIR`` must be set before this module
+is imported (``orders-service serve`` does it); ``/metrics`` then aggregates all workers
+(counters and histograms summed, gauges summed over the live workers).
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from orders_service.causes import RejectionReason, UnavailableCause
+
+SERVICE = "orders"
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests handled.", ["service", "path", "method", "status"])
+# From a liveness probe (~0.3 ms) to past the statement timeout (30 s by default).
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request duration in seconds.",
+    ["service", "path", "method"],
+    buckets=DURATION_BUCKETS,
+)
+ORDERS_CREATED = Counter("orders_created_total", "Orders placed.")
+ORDERS_CANCELLED = Counter("orders_cancelled_total", "Orders cancelled (stock put back).")
+ORDER_CREATE_FAILURES = Counter("order_create_failures_total", "Orders rejected, by reason.", ["reason"])
+for _reason in get_args(RejectionReason):
+    ORDER_CREATE_FAILURES.labels(reason=_reason)
+TRANSACTION_RETRIES = Counter(
+    "db_transaction_retries_total", "Transactions run again after a deadlock or serialization failure.", ["cause"]
+)
+for _cause in ("deadlock", "serialization_failure"):
+    TRANSACTION_RETRIES.labels(cause=_cause)
+SERVICE_UNAVAILABLE = Counter(
+    "service_unavailable_responses_total", "503 answers of the API (readiness excluded), by cause.", ["cause"]
+)
+SERVICE_UNAVAILABLE_BY_CAUSE = {cause: SERVICE_UNAVAILABLE.labels(cause=cause) for cause in get_args(UnavailableCause)}
+
+REQUEST_POOL = "requests"
+POOL_IN_USE = Gauge(
+    "db_pool_connections_in_use", "Pooled connections running a transaction.", ["pool"], multiprocess_mode="livesum"
+)
+POOL_MAX = Gauge("db_pool_connections_max", "Size of the connection pool.", ["pool"], multiprocess_mode="livesum")
+POOL_WAITING = Gauge(
+    "db_pool_requests_waiting", "Requests waiting for a pooled connection.", ["pool"], multiprocess_mode="livesum"
+)
+GATE_WAITING = Gauge(
+    "product_gate_requests_waiting",
+    "Orders waiting at the per-product gate (their product is already taken by PRODUCT_GATE_LIMIT requests).",
+    multiprocess_mode="livesum",
+)
+
+# Events (the outbox relay). Every relay of every worker reads the backlog; the max of the live ones is the truth.
+EVENTS_PENDING = Gauge("orders_events_pending", "Events in the outbox not yet published.", multiprocess_mode="livemax")
+EVENTS_OLDEST_PENDING_AGE = Gauge(
+    "orders_events_oldest_pending_age_seconds",
+    "Age of the oldest event not yet published (0 when none is pending).",
+    multiprocess_mode="livemax",
+)
+EVENTS_PUBLISHED = Counter("orders_events_published_total", "Events published and confirmed by the broker.", ["type"])
+for _type in ("orders.order.placed", "orders.order.cancelled"):
+    EVENTS_PUBLISHED.labels(type=_type)
+EVENTS_PUBLISH_FAILURES = Counter(
+    "orders_events_publish_failures_total",
+    "Failed attempts to reach the broker or to have a batch of events confirmed (each followed by a back-off).",
+)

@@ -1,0 +1,107 @@
+"""The order store: places, cancels and reads orders, each request in one round trip through ``TransactionRunner``.
+
+Its statements (``order_sql``) are SQLAlchemy Core, not Advanced-Alchemy repository methods: an order is
+one statement that locks, checks, reserves and inserts, which the repository's methods would spread
+over several round trips (measured: 1.95 -> 1.28 ms of CPU per order when orders became one round trip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from orders_service.db.statements import Step
+from orders_service.db.transactions import TransactionRunner
+from orders_service.orders.order_rows import order_from_row
+from orders_service.orders.order_sql import CANCEL_ORDER, CLAIM_KEY, FIRST_PAGE, GET_ORDER, NEXT_PAGE, PLACE_ORDER
+from orders_service.orders.schemas import OrderItemRead, OrderRead
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementOutcome:
+    """What ``place_order`` found: a new order, a rejection, or the order an earlier request placed."""
+
+    order: OrderRead | None = None
+    missing: list[int] | None = None
+    short: list[int] | None = None
+    total_cents: int | None = None
+    replay_of: int | None = None
+    stored_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    order: OrderRead
+    cancelled_now: bool
+
+
+class OrderStore:
+    """Orders, their items, the stock they reserve and the idempotency keys that name them: the request path's SQL."""
+
+    def __init__(self, runner: TransactionRunner, outbox_channel: str) -> None:
+        """``outbox_channel``: the NOTIFY channel that wakes the relay when an event is committed."""
+        self.runner = runner
+        self.outbox_channel = outbox_channel
+
+    async def place_order(
+        self,
+        user_id: str,
+        wanted: dict[int, int],
+        idempotency_key: str | None,
+        request_hash: str | None,
+        deadline: float | None = None,
+    ) -> PlacementOutcome:
+        """Reserve stock for ``wanted`` (product id -> qty, ascending ids) and insert the order, all or nothing."""
+        params = {
+            "owner": user_id,
+            "idempotency_key": idempotency_key,
+            "product_ids": list(wanted),
+            "qtys": list(wanted.values()),
+            "outbox_channel": self.outbox_channel,
+        }
+        steps = [Step(PLACE_ORDER, params)]
+        if idempotency_key is not None:
+            claim = {"owner": user_id, "idempotency_key": idempotency_key, "request_hash": request_hash}
+            steps.insert(0, Step(CLAIM_KEY, claim))
+        *_, (row,) = await self.runner.run(steps, writes=True, deadline=deadline)
+        fresh, missing, short, total, prices, order_id, created_at, reserved, stored_hash, stored_order_id = row
+        if not fresh:
+            return PlacementOutcome(replay_of=stored_order_id, stored_hash=stored_hash)
+        if order_id is None:
+            return PlacementOutcome(missing=missing, short=short, total_cents=int(total) if total is not None else None)
+        if reserved != len(wanted):  # pragma: no cover - the rows are locked; kept as a tripwire
+            raise RuntimeError(f"reserved {reserved} of {len(wanted)} products under lock")
+        items = [OrderItemRead(p, q, c) for (p, q), c in zip(wanted.items(), prices, strict=True)]
+        order = OrderRead(order_id, user_id, created_at.astimezone(UTC), int(total), "placed", None, items)
+        return PlacementOutcome(order=order)
+
+    async def cancel_order(self, user_id: str, order_id: int) -> CancelOutcome | None:
+        """Cancel the user's order if placed, restocking its units; None when the user has no such order."""
+        ((rows,)) = await self.runner.run(
+            [Step(CANCEL_ORDER, {"owner": user_id, "order_id": order_id, "outbox_channel": self.outbox_channel})],
+            writes=True,
+        )
+        if not rows:
+            return None
+        (row,) = rows
+        return CancelOutcome(order_from_row(row), cancelled_now=bool(row[7]))
+
+    async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
+        """The user's order with its items, or None (whether it is missing or someone else's)."""
+        ((rows,)) = await self.runner.run([Step(GET_ORDER, {"owner": user_id, "order_id": order_id})], writes=False)
+        return order_from_row(rows[0]) if rows else None
+
+    async def list_for_user(
+        self, user_id: str, limit: int, before: tuple[datetime, int] | None = None
+    ) -> list[OrderRead]:
+        """Up to ``limit`` of the user's orders, newest first, older than ``before`` (keyset pagination).
+
+        One statement: ``ix_orders_user_id_created_at_id`` read in order, each order's items beside it.
+        """
+        if before is None:
+            step = Step(FIRST_PAGE, {"owner": user_id, "limit": limit})
+        else:
+            params = {"owner": user_id, "limit": limit, "after_created_at": before[0], "after_id": before[1]}
+            step = Step(NEXT_PAGE, params)
+        ((rows,)) = await self.runner.run([step], writes=False)
+        return [order_from_row(row) for row in rows]

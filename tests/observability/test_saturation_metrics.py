@@ -1,0 +1,63 @@
+"""The saturation gauges show where requests wait: at the per-product gate, for a pooled connection, on a row."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from orders_service.config import Settings
+from tests.conftest import Catalog
+from tests.support.faults import wait_until
+from tests.support.granian import GranianServer, start_granian
+from tests.support.scrape import scrape
+
+HELD, OTHER = 1, 2
+POOL_SIZE = 2  # = PRODUCT_GATE_LIMIT: the held product's orders take the whole pool
+
+
+@pytest.fixture
+def service(settings: Settings, catalog: Catalog, tmp_path: Path) -> Iterator[GranianServer]:
+    catalog.add(HELD, stock=1000)
+    catalog.add(OTHER, stock=1000)
+    small = Settings.from_env({**settings.as_env(), "DB_POOL_SIZE": str(POOL_SIZE), "PRODUCT_GATE_LIMIT": "2"})
+    with start_granian(small, workers=1, metrics_dir=tmp_path / "metrics") as server:
+        yield server
+
+
+def gauges(server: GranianServer) -> dict[str, float]:
+    samples = scrape(server)
+    pool = (("pool", "requests"),)
+    return {
+        "in_use": samples[("db_pool_connections_in_use", pool)],
+        "max": samples[("db_pool_connections_max", pool)],
+        "pool_waiting": samples[("db_pool_requests_waiting", pool)],
+        "gate_waiting": samples[("product_gate_requests_waiting", ())],
+    }
+
+
+async def test_gauges_count_the_requests_waiting_behind_a_held_row(
+    service: GranianServer, engine: Engine, settings: Settings
+) -> None:
+    idle = {"in_use": 0, "max": POOL_SIZE, "pool_waiting": 0, "gate_waiting": 0}
+    assert gauges(service) == idle
+    waiting = {"in_use": POOL_SIZE, "max": POOL_SIZE, "pool_waiting": 2, "gate_waiting": 3}
+    async with httpx.AsyncClient(base_url=service.base_url, headers={"X-User": "gauged"}, timeout=30) as client:
+
+        async def order(product_id: int) -> int:
+            response = await client.post("/orders", json={"items": [{"product_id": product_id, "qty": 1}]})
+            return response.status_code
+
+        with engine.connect() as other_writer:
+            other_writer.execute(text(f"SELECT 1 FROM {settings.catalog_schema}.products WHERE id = {HELD} FOR UPDATE"))
+            held = [asyncio.create_task(order(HELD)) for _ in range(5)]  # 2 on the row, 3 at the gate
+            await wait_until(lambda: gauges(service)["gate_waiting"] == 3, 4, "3 orders waiting at the gate")
+            others = [asyncio.create_task(order(OTHER)) for _ in range(2)]  # no connection left for them
+            await wait_until(lambda: gauges(service) == waiting, 4, f"gauges {waiting}")
+            other_writer.rollback()
+        assert await asyncio.gather(*held, *others) == [200] * 7
+    assert gauges(service) == idle

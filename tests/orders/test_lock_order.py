@@ -1,0 +1,169 @@
+"""Lock order, observed from outside: products locked in ascending id order, FOR NO KEY UPDATE, deadlocks retried.
+
+The database here has index scans off and its products stored in descending id order, so a
+statement that relied on the scan instead of ``ORDER BY id`` would lock them in the wrong order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import psycopg
+import pytest
+
+from orders_service.config import Settings
+from orders_service.db.engine import APPLICATION_NAME
+from tests.support.database import ProvisionedDatabase, provisioned_database
+from tests.support.granian import GranianServer, start_granian
+from tests.support.scrape import scrape
+
+Client = httpx.AsyncClient
+
+
+@pytest.fixture(scope="module")
+def scan_ordered(server: Settings) -> Iterator[ProvisionedDatabase]:
+    with provisioned_database(server) as database:
+        with psycopg.connect(database.admin.conninfo, autocommit=True) as connection:
+            for setting in ("enable_indexscan", "enable_indexonlyscan"):
+                connection.execute(f'ALTER DATABASE "{database.admin.db_name}" SET {setting} = off')
+        yield database
+
+
+@pytest.fixture(scope="module")
+def service(scan_ordered: ProvisionedDatabase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GranianServer]:
+    with start_granian(scan_ordered.runtime, workers=1, metrics_dir=tmp_path_factory.mktemp("metrics")) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(scan_ordered: ProvisionedDatabase, service: GranianServer) -> AsyncIterator[httpx.AsyncClient]:
+    """The real service under Granian (Litestar's in-process test client blocks the test's event loop)."""
+    admin = scan_ordered.admin
+    with psycopg.connect(admin.conninfo, autocommit=True) as connection:
+        connection.execute(
+            f"TRUNCATE {admin.db_schema}.orders, {admin.db_schema}.order_items, {admin.db_schema}.idempotency_keys,"
+            f" {admin.catalog_schema}.products CASCADE"
+        )
+        for product_id in (3, 2, 1):  # stored in descending id order
+            connection.execute(
+                f"INSERT INTO {admin.catalog_schema}.products (id, price_cents, stock) VALUES (%s, 100, 10)",
+                [product_id],
+            )
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
+        yield client
+
+
+def admin_connection(database: ProvisionedDatabase) -> psycopg.Connection:
+    return psycopg.connect(database.admin.conninfo)
+
+
+async def until_the_service_waits_for_a_lock(database: ProvisionedDatabase, waiters: int = 1) -> None:
+    deadline = time.monotonic() + 20
+    with psycopg.connect(database.admin.conninfo, autocommit=True) as connection:
+        while time.monotonic() < deadline:
+            (count,) = connection.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = %s AND wait_event_type = 'Lock' AND datname = current_database()",
+                [APPLICATION_NAME],
+            ).fetchone() or (0,)
+            if count >= waiters:
+                return
+            await asyncio.sleep(0.02)  # polling the server's view of the order
+    raise AssertionError("the order never waited for a lock")
+
+
+def stock(database: ProvisionedDatabase) -> dict[int, int]:
+    with admin_connection(database) as connection:
+        rows = connection.execute(f"SELECT id, stock FROM {database.admin.catalog_schema}.products").fetchall()
+    return dict(rows)
+
+
+async def test_an_order_waiting_for_a_product_holds_none_of_the_later_ones(
+    client: Client, scan_ordered: ProvisionedDatabase
+) -> None:
+    catalog = scan_ordered.admin.catalog_schema
+    with admin_connection(scan_ordered) as holder:
+        holder.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 1 FOR UPDATE")
+        order = asyncio.create_task(
+            client.post(
+                "/orders",
+                json={"items": [{"product_id": 3, "qty": 1}, {"product_id": 1, "qty": 1}]},
+                headers={"X-User": "ordered"},
+            )
+        )
+        await until_the_service_waits_for_a_lock(scan_ordered)
+        with admin_connection(scan_ordered) as prober:
+            # Product 3 comes after product 1: the waiting order must not hold it yet.
+            prober.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 3 FOR UPDATE NOWAIT")
+            prober.rollback()
+        holder.rollback()
+        response = await order
+    assert response.status_code == 200
+    assert stock(scan_ordered) == {1: 9, 2: 10, 3: 9}
+
+
+async def test_waiting_orders_do_not_block_the_catalogs_foreign_key_inserts(
+    client: Client, scan_ordered: ProvisionedDatabase
+) -> None:
+    """FOR NO KEY UPDATE: the catalog team can still insert rows that reference a product being ordered."""
+    catalog = scan_ordered.admin.catalog_schema
+    with admin_connection(scan_ordered) as connection:
+        connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {catalog}.product_images (product_id int REFERENCES {catalog}.products (id))"
+        )
+        connection.commit()
+    with admin_connection(scan_ordered) as holder:
+        holder.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 2 FOR UPDATE")
+        order = asyncio.create_task(
+            client.post(
+                "/orders",
+                json={"items": [{"product_id": 1, "qty": 1}, {"product_id": 2, "qty": 1}]},
+                headers={"X-User": "fk"},
+            )
+        )
+        await until_the_service_waits_for_a_lock(scan_ordered)  # holding product 1, waiting for product 2
+        with admin_connection(scan_ordered) as catalog_team:
+            catalog_team.execute("SET lock_timeout = '1s'")
+            catalog_team.execute(f"INSERT INTO {catalog}.product_images (product_id) VALUES (1)")
+            catalog_team.commit()
+        holder.rollback()
+        response = await order
+    assert response.status_code == 200
+
+
+def deadlock_retries(service: GranianServer) -> float:
+    return scrape(service).get(("db_transaction_retries_total", (("cause", "deadlock"),)), 0.0)
+
+
+async def test_a_deadlock_with_an_outside_writer_is_retried_and_the_order_placed(
+    client: Client, scan_ordered: ProvisionedDatabase, service: GranianServer
+) -> None:
+    """The outside writer locks product 2 then 1; the order locks 1 then waits for 2: PostgreSQL aborts the order."""
+    catalog = scan_ordered.admin.catalog_schema
+    retries_before = deadlock_retries(service)
+    with admin_connection(scan_ordered) as writer:
+        writer.execute("SET deadlock_timeout = '60s'")  # so that the order's backend is the one that detects it
+        writer.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 2 FOR UPDATE")
+        order = asyncio.create_task(
+            client.post(
+                "/orders",
+                json={"items": [{"product_id": 2, "qty": 1}, {"product_id": 1, "qty": 1}]},
+                headers={"X-User": "victim"},
+            )
+        )
+        await until_the_service_waits_for_a_lock(scan_ordered)
+        # Blocks until the order is aborted as the deadlock victim, which releases product 1.
+        await asyncio.to_thread(writer.execute, f"UPDATE {catalog}.products SET stock = stock - 5 WHERE id = 1")
+        writer.commit()
+        response = await order
+    retries_after = deadlock_retries(service)
+    assert response.status_code == 200
+    # At least one: when the victim aborts, its retry can take product 1 before the writer's
+    # waiting UPDATE does (row locks are not queued fairly) and deadlock once more.
+    assert retries_after - retries_before >= 1
+    assert stock(scan_ordered) == {1: 4, 2: 9, 3: 10}
+    with admin_connection(scan_ordered) as connection:
+        assert connection.execute(f"SELECT count(*) FROM {scan_ordered.admin.db_schema}.orders").fetchone() == (1,)

@@ -1,0 +1,63 @@
+"""Settings: the contract's defaults, the environment's names, and a clear error for every bad value."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.pool import QueuePool
+
+from orders_service.config import ConfigError, Settings
+
+
+def test_settings_defaults_match_the_contract() -> None:
+    settings = Settings.from_env({})
+    assert (settings.db_host, settings.db_port, settings.db_name, settings.db_user, settings.db_pass) == (
+        "localhost",
+        5432,
+        "appdb",
+        "app",
+        "app",
+    )
+    assert (settings.db_schema, settings.catalog_schema, settings.listen_port) == ("orders", "catalog", 8000)
+
+
+def test_settings_read_from_environment_names() -> None:
+    settings = Settings.from_env({"DB_PORT": "6543", "DB_SCHEMA": "shop", "WORKERS": "4", "UNRELATED": "x"})
+    assert (settings.db_port, settings.db_schema, settings.workers) == (6543, "shop", 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DB_PORT", "abc"),
+        ("DB_PORT", "70000"),
+        ("LISTEN_PORT", "0"),
+        ("WORKERS", "0"),
+        ("DB_POOL_SIZE", "-1"),
+        ("DB_SCHEMA", "orders; DROP TABLE x"),
+        ("CATALOG_SCHEMA", "Catalog"),
+        ("OPENAPI_ENABLED", "maybe"),
+    ],
+)
+def test_settings_reject_bad_values_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_fractional_pool_timeout_is_kept() -> None:
+    from orders_service.db.engine import request_engine  # noqa: PLC0415
+
+    engine = request_engine(Settings.from_env({"DB_POOL_TIMEOUT": "0.5"}))
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.timeout() == 0.5
+
+
+def test_settings_round_trip_through_environment() -> None:
+    settings = Settings.from_env({"DB_HOST": "/run/pg", "OPENAPI_ENABLED": "false", "HEALTH_TIMEOUT": "0.5"})
+    assert Settings.from_env(settings.as_env()) == settings
+
+
+def test_socket_directory_host_renders_a_usable_url() -> None:
+    url = Settings.from_env({"DB_HOST": "/tmp/pg sock"}).database_url  # noqa: S108
+    assert url.query == {"host": "/tmp/pg sock", "port": "5432"}  # noqa: S108
+    assert url.render_as_string(hide_password=False).startswith("postgresql+psycopg://app:app@/appdb?")
