@@ -78,14 +78,17 @@ def _record_event(order_ids: Select[Any], event_type: str, name: str) -> Any:
     )
 
 
-def _build_place_order() -> Select[Any]:
+def _build_place_order(*, skip_busy: bool) -> Select[Any]:
     """Place an order in one statement: lock, check, reserve, insert order and items, link the key.
 
     1. ``stored_key``: the Idempotency-Key already belongs to a committed order (a replay): then
        nothing below locks or writes. (The key itself was claimed by ``CLAIM_KEY``, the statement
        before this one in the same transaction; it waited there for a concurrent twin to finish.)
     2. ``locked``: the products, locked in ascending id order, price and stock read under the lock.
-    3. ``verdict``: unknown ids, short ids, the total; ``accepted`` is one row only if all is well.
+       With ``skip_busy`` (orders of several products), a row locked by another transaction is
+       skipped instead of waited for: waiting there would hold the rows locked before it.
+    3. ``verdict``: unknown ids, busy ids (skipped), short ids, the total; ``accepted`` is one row
+       only if all is well.
     4. Only then ``reserved`` decrements stock and ``new_order``/``new_items`` are inserted: they
        read ``accepted``, which cannot exist before every product is locked. ``linked_key`` ties
        the claimed key to the order; ``released_key`` drops it when the order was rejected, so a
@@ -104,13 +107,16 @@ def _build_place_order() -> Select[Any]:
         select(_products.c.id, _products.c.price_cents, _products.c.stock)
         .where(_products.c.id == any_(_product_ids), fresh)
         .order_by(_products.c.id)
-        .with_for_update(key_share=True)
+        .with_for_update(key_share=True, skip_locked=skip_busy)
         .cte("locked")
         .prefix_with("MATERIALIZED")
     )
+    # Only for the ids no row was locked for: a row that exists was skipped (busy), else it is unknown.
+    product_exists = exists(select(_products.c.id).where(_products.c.id == line.c.product_id))
     verdict = (
         select(
-            func.array_agg(line.c.product_id).filter(locked.c.id.is_(None)).label("missing"),
+            func.array_agg(line.c.product_id).filter(locked.c.id.is_(None), ~product_exists).label("missing"),
+            func.array_agg(line.c.product_id).filter(locked.c.id.is_(None), product_exists).label("busy"),
             func.array_agg(line.c.product_id).filter(locked.c.stock < line.c.qty).label("short"),
             func.sum(sql_cast(line.c.qty, Numeric) * locked.c.price_cents).label("total"),
             func.array_agg(aggregate_order_by(locked.c.price_cents, line.c.product_id)).label("prices"),
@@ -120,7 +126,13 @@ def _build_place_order() -> Select[Any]:
     )
     accepted = (
         select(sql_cast(verdict.c.total, BigInteger).label("total"))
-        .where(fresh, verdict.c.missing.is_(None), verdict.c.short.is_(None), verdict.c.total <= PG_BIGINT_MAX)
+        .where(
+            fresh,
+            verdict.c.missing.is_(None),
+            verdict.c.busy.is_(None),
+            verdict.c.short.is_(None),
+            verdict.c.total <= PG_BIGINT_MAX,
+        )
         .cte("accepted")
     )
     is_accepted = exists(select(accepted.c.total))
@@ -165,6 +177,7 @@ def _build_place_order() -> Select[Any]:
         select(
             fresh.label("fresh"),
             verdict.c.missing,
+            verdict.c.busy,
             verdict.c.short,
             verdict.c.total,
             verdict.c.prices,
@@ -183,8 +196,11 @@ def _build_cancel_order() -> Select[Any]:
     """Cancel a placed order in one statement: lock it, lock its products in id order, restock, mark it.
 
     ``target`` locks the caller's order row first (a concurrent cancel waits here and then sees
-    ``cancelled``: nothing happens twice). ``restocked`` reads the count of ``locked``, so it
-    cannot update a product before all of them are locked, in ascending id order. The final row
+    ``cancelled``: nothing happens twice). ``locked`` skips a product row another transaction
+    holds rather than wait for it while holding the others; ``busy`` names the skipped ones, and
+    then nothing is changed (the caller waits for the busy product, holding nothing, and retries).
+    ``restocked`` reads ``busy``, so it cannot update a product before all of them are locked,
+    in ascending id order. The final row
     is the order as it is after this statement, with ``cancelled_now`` telling whether this call
     cancelled it. ``cancelled_event`` writes the outbox row only when this call cancelled the order.
     """
@@ -200,11 +216,20 @@ def _build_cancel_order() -> Select[Any]:
         select(_products.c.id)
         .where(_products.c.id.in_(select(_items.c.product_id).where(_items.c.order_id.in_(placed))))
         .order_by(_products.c.id)
-        .with_for_update(key_share=True)
+        .with_for_update(key_share=True, skip_locked=True)
         .cte("locked")
         .prefix_with("MATERIALIZED")
     )
-    every_product_locked = select(func.count()).select_from(locked).scalar_subquery() >= 0
+    busy = (
+        select(func.array_agg(_items.c.product_id).label("ids"))
+        .where(
+            _items.c.order_id.in_(placed),
+            _items.c.product_id.not_in(select(locked.c.id)),
+            exists(select(_products.c.id).where(_products.c.id == _items.c.product_id)),
+        )
+        .cte("busy")
+    )
+    every_product_locked = select(busy.c.ids).scalar_subquery().is_(None)
     restocked = (
         update(_products)
         .where(_products.c.id == _items.c.product_id, _items.c.order_id.in_(placed), every_product_locked)
@@ -214,7 +239,7 @@ def _build_cancel_order() -> Select[Any]:
     )
     cancelled = (
         update(_orders)
-        .where(_orders.c.id.in_(placed))
+        .where(_orders.c.id.in_(placed), every_product_locked)
         .values(status="cancelled", cancelled_at=func.now())
         .returning(_orders.c.id, _orders.c.status, _orders.c.cancelled_at)
         .cte("cancelled")
@@ -230,6 +255,7 @@ def _build_cancel_order() -> Select[Any]:
             func.coalesce(cancelled.c.cancelled_at, target.c.cancelled_at).label("cancelled_at"),
             items_json(target.c.id),
             cancelled.c.id.is_not(None).label("cancelled_now"),
+            select(busy.c.ids).scalar_subquery().label("busy"),
         )
         .select_from(target.outerjoin(cancelled, true()))
         .add_cte(restocked, cancelled_event)
@@ -248,8 +274,17 @@ CLAIM_KEY = Statement(
     .values(user_id=_owner, key=_key, request_hash=bindparam("request_hash", type_=String))
     .on_conflict_do_nothing(index_elements=[_keys.c.user_id, _keys.c.key]),
 )
-PLACE_ORDER = Statement("place_order", _build_place_order())
+PLACE_ORDER = Statement("place_order", _build_place_order(skip_busy=False))
+PLACE_ORDER_SKIPPING_BUSY = Statement("place_order_skipping_busy", _build_place_order(skip_busy=True))
 CANCEL_ORDER = Statement("cancel_order", _build_cancel_order())
+# Waits for a product's row (under lock_timeout) holding nothing else, and lets it go at once: what an
+# order or a cancellation that found the row busy does before it tries again.
+AWAIT_PRODUCT = Statement(
+    "await_product",
+    select(_products.c.id)
+    .where(_products.c.id == bindparam("product_id", type_=Integer))
+    .with_for_update(key_share=True),
+)
 GET_ORDER = Statement("get_order", _build_order_select().where(_orders.c.id == _order_id, _orders.c.user_id == _owner))
 FIRST_PAGE = Statement(
     "first_page",

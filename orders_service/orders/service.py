@@ -63,8 +63,12 @@ class OrderService:
         wanted = combine_lines(lines)
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()
-        async with self.gate.admit(list(wanted), deadline):
-            outcome = await self.orders.place_order(user_id, wanted, idempotency_key, fingerprint, deadline)
+        while True:
+            async with self.gate.admit(list(wanted), deadline):
+                outcome = await self.orders.place_order(user_id, wanted, idempotency_key, fingerprint, deadline)
+            if outcome.missing or not outcome.busy:
+                break
+            await self._await_product(outcome.busy[0], deadline)
         if outcome.order is not None:
             metrics.ORDERS_CREATED.inc()
             return outcome.order, False
@@ -85,17 +89,32 @@ class OrderService:
 
     async def cancel_order(self, user_id: str, order_id: int) -> OrderRead:
         """Cancel a placed order and put its units back in stock; cancelling again changes nothing."""
-        try:
-            outcome = await self.orders.cancel_order(user_id, order_id)
-        except StatementFailed as failed:
-            if failed.sqlstate == NUMERIC_VALUE_OUT_OF_RANGE:
-                raise RestockOverflow from None
-            raise
-        if outcome is None:
-            raise NotFoundException(f"order {order_id} not found")
+        deadline = self.orders.runner.deadline()
+        while True:
+            try:
+                outcome = await self.orders.cancel_order(user_id, order_id)
+            except StatementFailed as failed:
+                if failed.sqlstate == NUMERIC_VALUE_OUT_OF_RANGE:
+                    raise RestockOverflow from None
+                raise
+            if outcome is None:
+                raise NotFoundException(f"order {order_id} not found")
+            if not outcome.busy:
+                break
+            await self._await_product(outcome.busy[0], deadline)
         if outcome.cancelled_now:
             metrics.ORDERS_CANCELLED.inc()
         return outcome.order
+
+    async def _await_product(self, product_id: int, deadline: float) -> None:
+        """Wait for a product another transaction holds, holding no other product's slot or row, before a retry.
+
+        The wait takes the product's gate slot, like an order for it alone: it is bounded by the gate's
+        and the row's timeouts, and answers 503 ``product_busy`` or ``lock_timeout`` when they run out.
+        """
+        metrics.BUSY_PRODUCT_RETRIES.inc()
+        async with self.gate.admit([product_id], deadline):
+            await self.orders.await_product(product_id, deadline)
 
     async def list_orders(self, user_id: str, limit: int, cursor: str | None) -> tuple[list[OrderRead], str | None]:
         """One page of the user's orders, newest first, and the cursor of the next page (None on the last)."""

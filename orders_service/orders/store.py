@@ -13,7 +13,16 @@ from datetime import UTC, datetime
 from orders_service.db.statements import Step
 from orders_service.db.transactions import TransactionRunner
 from orders_service.orders.order_rows import order_from_row
-from orders_service.orders.order_sql import CANCEL_ORDER, CLAIM_KEY, FIRST_PAGE, GET_ORDER, NEXT_PAGE, PLACE_ORDER
+from orders_service.orders.order_sql import (
+    AWAIT_PRODUCT,
+    CANCEL_ORDER,
+    CLAIM_KEY,
+    FIRST_PAGE,
+    GET_ORDER,
+    NEXT_PAGE,
+    PLACE_ORDER,
+    PLACE_ORDER_SKIPPING_BUSY,
+)
 from orders_service.orders.schemas import OrderItemRead, OrderRead
 
 
@@ -23,6 +32,7 @@ class PlacementOutcome:
 
     order: OrderRead | None = None
     missing: list[int] | None = None
+    busy: list[int] | None = None
     short: list[int] | None = None
     total_cents: int | None = None
     replay_of: int | None = None
@@ -31,8 +41,11 @@ class PlacementOutcome:
 
 @dataclass(frozen=True, slots=True)
 class CancelOutcome:
+    """The order after the call; ``busy`` names products another transaction held (then nothing changed)."""
+
     order: OrderRead
     cancelled_now: bool
+    busy: list[int] | None = None
 
 
 class OrderStore:
@@ -59,16 +72,20 @@ class OrderStore:
             "qtys": list(wanted.values()),
             "outbox_channel": self.outbox_channel,
         }
-        steps = [Step(PLACE_ORDER, params)]
+        # One product: wait for its row, holding nothing else. Several: skip a busy row rather than
+        # wait for it while holding the rows locked before it (the caller waits outside, then retries).
+        steps = [Step(PLACE_ORDER if len(wanted) == 1 else PLACE_ORDER_SKIPPING_BUSY, params)]
         if idempotency_key is not None:
             claim = {"owner": user_id, "idempotency_key": idempotency_key, "request_hash": request_hash}
             steps.insert(0, Step(CLAIM_KEY, claim))
         *_, (row,) = await self.runner.run(steps, writes=True, deadline=deadline)
-        fresh, missing, short, total, prices, order_id, created_at, reserved, stored_hash, stored_order_id = row
+        fresh, missing, busy, short, total, prices, order_id, created_at, reserved, stored_hash, stored_order_id = row
         if not fresh:
             return PlacementOutcome(replay_of=stored_order_id, stored_hash=stored_hash)
         if order_id is None:
-            return PlacementOutcome(missing=missing, short=short, total_cents=int(total) if total is not None else None)
+            return PlacementOutcome(
+                missing=missing, busy=busy, short=short, total_cents=int(total) if total is not None else None
+            )
         if reserved != len(wanted):  # pragma: no cover - the rows are locked; kept as a tripwire
             raise RuntimeError(f"reserved {reserved} of {len(wanted)} products under lock")
         items = [OrderItemRead(p, q, c) for (p, q), c in zip(wanted.items(), prices, strict=True)]
@@ -84,7 +101,11 @@ class OrderStore:
         if not rows:
             return None
         (row,) = rows
-        return CancelOutcome(order_from_row(row), cancelled_now=bool(row[7]))
+        return CancelOutcome(order_from_row(row), cancelled_now=bool(row[7]), busy=row[8])
+
+    async def await_product(self, product_id: int, deadline: float) -> None:
+        """Wait until no other transaction holds ``product_id``'s row (at most ``lock_timeout``), holding no other."""
+        await self.runner.run([Step(AWAIT_PRODUCT, {"product_id": product_id})], writes=False, deadline=deadline)
 
     async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
         """The user's order with its items, or None (whether it is missing or someone else's)."""
