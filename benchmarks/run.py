@@ -375,7 +375,7 @@ def machine() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def bench_database() -> Iterator[ProvisionedDatabase]:
-    """A scratch database set up as in production (tests/database.py): migrated by its owner, served to a
+    """A scratch database set up as in production (tests/support/database.py): migrated by its owner, served to a
     least-privilege runtime role that holds the timeouts as its defaults (print-grants)."""
     if url := os.environ.get("BENCH_DATABASE_URL"):
         os.environ["TEST_DATABASE_URL"] = url
