@@ -1,4 +1,4 @@
--- POST /orders of 1-3 random products of first..last, a share of them also taking the product `mixed`
+-- POST /orders of 1-3 random products of first..last but `mixed`, a share of them also taking `mixed`
 -- (wrk -s orders_mixing_in.lua URL -- first last mixed percent). Orders that mix a product with others.
 package.path = package.path .. ";" .. debug.getinfo(1, "S").source:sub(2):match("(.*/)") .. "?.lua"
 local common = require("common")
@@ -15,7 +15,7 @@ function request()
   local n = math.random(1, 3)
   while #items < n do
     local id = math.random(first, last)
-    if not chosen[id] then
+    if not chosen[id] and id ~= mixed then
       chosen[id] = true
       items[#items + 1] = '{"product_id":' .. id .. ',"qty":1}'
     end
