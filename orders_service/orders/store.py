@@ -13,16 +13,7 @@ from datetime import UTC, datetime
 from orders_service.db.statements import Step
 from orders_service.db.transactions import TransactionRunner
 from orders_service.orders.order_rows import order_from_row
-from orders_service.orders.order_sql import (
-    AWAIT_PRODUCT,
-    CANCEL_ORDER,
-    CLAIM_KEY,
-    FIRST_PAGE,
-    GET_ORDER,
-    NEXT_PAGE,
-    PLACE_ORDER,
-    PLACE_ORDER_SKIPPING_BUSY,
-)
+from orders_service.orders.order_sql import CANCEL_ORDER, CLAIM_KEY, FIRST_PAGE, GET_ORDER, NEXT_PAGE, PLACE_ORDER
 from orders_service.orders.schemas import OrderItemRead, OrderRead
 
 
@@ -62,19 +53,24 @@ class OrderStore:
         wanted: dict[int, int],
         idempotency_key: str | None,
         request_hash: str | None,
+        *,
+        wait_for: int,
         deadline: float | None = None,
     ) -> PlacementOutcome:
-        """Reserve stock for ``wanted`` (product id -> qty, ascending ids) and insert the order, all or nothing."""
+        """Reserve stock for ``wanted`` (product id -> qty, ascending ids) and insert the order, all or nothing.
+
+        Waits for ``wait_for``'s row only; ``busy`` names the products another transaction held
+        (then nothing was written: try again, waiting for one of them).
+        """
         params = {
             "owner": user_id,
             "idempotency_key": idempotency_key,
             "product_ids": list(wanted),
             "qtys": list(wanted.values()),
             "outbox_channel": self.outbox_channel,
+            "wait_for": wait_for,
         }
-        # One product: wait for its row, holding nothing else. Several: skip a busy row rather than
-        # wait for it while holding the rows locked before it (the caller waits outside, then retries).
-        steps = [Step(PLACE_ORDER if len(wanted) == 1 else PLACE_ORDER_SKIPPING_BUSY, params)]
+        steps = [Step(PLACE_ORDER, params)]
         if idempotency_key is not None:
             claim = {"owner": user_id, "idempotency_key": idempotency_key, "request_hash": request_hash}
             steps.insert(0, Step(CLAIM_KEY, claim))
@@ -92,20 +88,18 @@ class OrderStore:
         order = OrderRead(order_id, user_id, created_at.astimezone(UTC), int(total), "placed", None, items)
         return PlacementOutcome(order=order)
 
-    async def cancel_order(self, user_id: str, order_id: int) -> CancelOutcome | None:
-        """Cancel the user's order if placed, restocking its units; None when the user has no such order."""
-        ((rows,)) = await self.runner.run(
-            [Step(CANCEL_ORDER, {"owner": user_id, "order_id": order_id, "outbox_channel": self.outbox_channel})],
-            writes=True,
-        )
+    async def cancel_order(self, user_id: str, order_id: int, *, wait_for: int | None) -> CancelOutcome | None:
+        """Cancel the user's order if placed, restocking its units; None when the user has no such order.
+
+        Waits for ``wait_for``'s row only (None: for no product's); ``busy`` names the products another
+        transaction held (then nothing changed: try again, waiting for one of them).
+        """
+        params = {"owner": user_id, "order_id": order_id, "outbox_channel": self.outbox_channel, "wait_for": wait_for}
+        ((rows,)) = await self.runner.run([Step(CANCEL_ORDER, params)], writes=True)
         if not rows:
             return None
         (row,) = rows
         return CancelOutcome(order_from_row(row), cancelled_now=bool(row[7]), busy=row[8])
-
-    async def await_product(self, product_id: int, deadline: float) -> None:
-        """Wait until no other transaction holds ``product_id``'s row (at most ``lock_timeout``), holding no other."""
-        await self.runner.run([Step(AWAIT_PRODUCT, {"product_id": product_id})], writes=False, deadline=deadline)
 
     async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
         """The user's order with its items, or None (whether it is missing or someone else's)."""
