@@ -34,6 +34,10 @@ TRANSACTION_RETRIES = Counter(
 )
 for _cause in ("deadlock", "serialization_failure"):
     TRANSACTION_RETRIES.labels(cause=_cause)
+BUSY_PRODUCT_RETRIES = Counter(
+    "orders_busy_product_retries_total",
+    "Orders and cancellations of several products run again after waiting for a product another transaction held.",
+)
 SERVICE_UNAVAILABLE = Counter(
     "service_unavailable_responses_total", "503 answers of the API (readiness excluded), by cause.", ["cause"]
 )

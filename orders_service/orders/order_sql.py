@@ -17,6 +17,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    and_,
     any_,
     bindparam,
     delete,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy import (
@@ -34,7 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.expression import CTE
 
 from orders_service.db.models import (
     ORDER_CANCELLED,
@@ -62,6 +65,7 @@ _product_ids = bindparam("product_ids", type_=ARRAY(Integer))
 _qtys = bindparam("qtys", type_=ARRAY(Integer))
 _order_id = bindparam("order_id", type_=BigInteger)
 _channel = bindparam("outbox_channel", type_=String)
+_wait_for = bindparam("wait_for", type_=Integer)
 
 
 def _record_event(order_ids: Select[Any], event_type: str, name: str) -> Any:
@@ -78,14 +82,44 @@ def _record_event(order_ids: Select[Any], event_type: str, name: str) -> Any:
     )
 
 
+def _lock_products(wanted: ColumnElement[bool], name: str) -> CTE:
+    """Lock the products ``wanted`` selects, waiting for one row only: ``wait_for``'s (NULL: none).
+
+    ``wait_for``'s row is locked first, holding nothing else while it waits; then the others in
+    ascending id order, skipping any row another transaction holds: waiting there would hold the
+    rows already locked (hold-and-wait), and a product held elsewhere would stall every product
+    ordered with it. The caller sees which were skipped and tries again, waiting for one of those.
+    """
+    columns = (_products.c.id, _products.c.price_cents, _products.c.stock)
+    waited = (
+        select(*columns)
+        .where(_products.c.id == _wait_for, wanted)
+        .with_for_update(key_share=True)
+        .cte(f"{name}_waited")
+        .prefix_with("MATERIALIZED")
+    )
+    after_the_wait = select(func.count()).select_from(waited).scalar_subquery() >= 0
+    others = (
+        select(*columns)
+        .where(wanted, _products.c.id.is_distinct_from(_wait_for), after_the_wait)
+        .order_by(_products.c.id)
+        .with_for_update(key_share=True, skip_locked=True)
+        .cte(f"{name}_without_waiting")
+        .prefix_with("MATERIALIZED")
+    )
+    return union_all(select(waited), select(others)).cte(name)
+
+
 def _build_place_order() -> Select[Any]:
     """Place an order in one statement: lock, check, reserve, insert order and items, link the key.
 
     1. ``stored_key``: the Idempotency-Key already belongs to a committed order (a replay): then
        nothing below locks or writes. (The key itself was claimed by ``CLAIM_KEY``, the statement
        before this one in the same transaction; it waited there for a concurrent twin to finish.)
-    2. ``locked``: the products, locked in ascending id order, price and stock read under the lock.
-    3. ``verdict``: unknown ids, short ids, the total; ``accepted`` is one row only if all is well.
+    2. ``locked``: the products, locked in ascending id order, price and stock read under the lock,
+       waiting for ``wait_for``'s row only (``_lock_products``).
+    3. ``verdict``: unknown ids, busy ids (skipped), short ids, the total; ``accepted`` is one row
+       only if all is well.
     4. Only then ``reserved`` decrements stock and ``new_order``/``new_items`` are inserted: they
        read ``accepted``, which cannot exist before every product is locked. ``linked_key`` ties
        the claimed key to the order; ``released_key`` drops it when the order was rejected, so a
@@ -100,17 +134,13 @@ def _build_place_order() -> Select[Any]:
     )
     fresh = ~exists(select(stored_key.c.order_id))
     line = func.unnest(_product_ids, _qtys).table_valued("product_id", "qty").render_derived(name="line")
-    locked = (
-        select(_products.c.id, _products.c.price_cents, _products.c.stock)
-        .where(_products.c.id == any_(_product_ids), fresh)
-        .order_by(_products.c.id)
-        .with_for_update(key_share=True)
-        .cte("locked")
-        .prefix_with("MATERIALIZED")
-    )
+    locked = _lock_products(and_(_products.c.id == any_(_product_ids), fresh), "locked")
+    # Only for the ids no row was locked for: a row that exists was skipped (busy), else it is unknown.
+    product_exists = exists(select(_products.c.id).where(_products.c.id == line.c.product_id))
     verdict = (
         select(
-            func.array_agg(line.c.product_id).filter(locked.c.id.is_(None)).label("missing"),
+            func.array_agg(line.c.product_id).filter(locked.c.id.is_(None), ~product_exists).label("missing"),
+            func.array_agg(line.c.product_id).filter(locked.c.id.is_(None), product_exists).label("busy"),
             func.array_agg(line.c.product_id).filter(locked.c.stock < line.c.qty).label("short"),
             func.sum(sql_cast(line.c.qty, Numeric) * locked.c.price_cents).label("total"),
             func.array_agg(aggregate_order_by(locked.c.price_cents, line.c.product_id)).label("prices"),
@@ -120,7 +150,13 @@ def _build_place_order() -> Select[Any]:
     )
     accepted = (
         select(sql_cast(verdict.c.total, BigInteger).label("total"))
-        .where(fresh, verdict.c.missing.is_(None), verdict.c.short.is_(None), verdict.c.total <= PG_BIGINT_MAX)
+        .where(
+            fresh,
+            verdict.c.missing.is_(None),
+            verdict.c.busy.is_(None),
+            verdict.c.short.is_(None),
+            verdict.c.total <= PG_BIGINT_MAX,
+        )
         .cte("accepted")
     )
     is_accepted = exists(select(accepted.c.total))
@@ -165,6 +201,7 @@ def _build_place_order() -> Select[Any]:
         select(
             fresh.label("fresh"),
             verdict.c.missing,
+            verdict.c.busy,
             verdict.c.short,
             verdict.c.total,
             verdict.c.prices,
@@ -183,8 +220,11 @@ def _build_cancel_order() -> Select[Any]:
     """Cancel a placed order in one statement: lock it, lock its products in id order, restock, mark it.
 
     ``target`` locks the caller's order row first (a concurrent cancel waits here and then sees
-    ``cancelled``: nothing happens twice). ``restocked`` reads the count of ``locked``, so it
-    cannot update a product before all of them are locked, in ascending id order. The final row
+    ``cancelled``: nothing happens twice). ``locked`` waits for ``wait_for``'s row only and skips a
+    product row another transaction holds (``_lock_products``); ``busy`` names the skipped ones,
+    and then nothing is changed: the caller tries again, waiting for one of them.
+    ``restocked`` reads ``busy``, so it cannot update a product before all of them are locked,
+    in ascending id order. The final row
     is the order as it is after this statement, with ``cancelled_now`` telling whether this call
     cancelled it. ``cancelled_event`` writes the outbox row only when this call cancelled the order.
     """
@@ -196,15 +236,19 @@ def _build_cancel_order() -> Select[Any]:
         .prefix_with("MATERIALIZED")
     )
     placed = select(target.c.id).where(target.c.status == "placed")
-    locked = (
-        select(_products.c.id)
-        .where(_products.c.id.in_(select(_items.c.product_id).where(_items.c.order_id.in_(placed))))
-        .order_by(_products.c.id)
-        .with_for_update(key_share=True)
-        .cte("locked")
-        .prefix_with("MATERIALIZED")
+    locked = _lock_products(
+        _products.c.id.in_(select(_items.c.product_id).where(_items.c.order_id.in_(placed))), "locked"
     )
-    every_product_locked = select(func.count()).select_from(locked).scalar_subquery() >= 0
+    busy = (
+        select(func.array_agg(_items.c.product_id).label("ids"))
+        .where(
+            _items.c.order_id.in_(placed),
+            _items.c.product_id.not_in(select(locked.c.id)),
+            exists(select(_products.c.id).where(_products.c.id == _items.c.product_id)),
+        )
+        .cte("busy")
+    )
+    every_product_locked = select(busy.c.ids).scalar_subquery().is_(None)
     restocked = (
         update(_products)
         .where(_products.c.id == _items.c.product_id, _items.c.order_id.in_(placed), every_product_locked)
@@ -214,7 +258,7 @@ def _build_cancel_order() -> Select[Any]:
     )
     cancelled = (
         update(_orders)
-        .where(_orders.c.id.in_(placed))
+        .where(_orders.c.id.in_(placed), every_product_locked)
         .values(status="cancelled", cancelled_at=func.now())
         .returning(_orders.c.id, _orders.c.status, _orders.c.cancelled_at)
         .cte("cancelled")
@@ -230,6 +274,7 @@ def _build_cancel_order() -> Select[Any]:
             func.coalesce(cancelled.c.cancelled_at, target.c.cancelled_at).label("cancelled_at"),
             items_json(target.c.id),
             cancelled.c.id.is_not(None).label("cancelled_now"),
+            select(busy.c.ids).scalar_subquery().label("busy"),
         )
         .select_from(target.outerjoin(cancelled, true()))
         .add_cte(restocked, cancelled_event)

@@ -1,17 +1,23 @@
-"""The bulkhead: per worker, only a few requests per product may use a database connection at once.
+"""The bulkhead: per worker, only a few requests may wait on one product's row at once.
 
 Orders for one product serialize on its row lock in PostgreSQL. Without a gate, a product
 whose row is held elsewhere (a slow catalog job, a hot product) parks every pooled
 connection on that row, and orders for every *other* product wait for a connection. With the
-gate, at most ``limit`` requests per product hold or wait for a connection; the others wait
-here, in the worker, holding nothing. This is also where orders of a hot product could later
-be combined into one transaction.
+gate, at most ``limit`` requests per product hold or wait for a connection to wait on its row;
+the others wait here, in the worker, holding nothing.
+
+A request waits on one product's row only (``OrderStore``: the others are locked without
+waiting), so it enters the gate for that one product. Entering for all of an order's products
+one after another would be hold-and-wait: an order for [X, P] with P's row held elsewhere would
+sit on X's slot while waiting for P's, and every order for X would stop behind it (measured:
+orders that never touch P fell to 0.03 x their rate while P was held and 10 % of the orders
+mixed it with other products).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable
 from types import TracebackType
 
 from orders_service.db.unavailable import DatabaseUnavailable
@@ -23,11 +29,11 @@ class _Slot:
 
     def __init__(self, limit: int) -> None:
         self.semaphore = asyncio.Semaphore(limit)
-        self.users = 0
+        self.users = 0  # holding or waiting
 
 
 class ProductGate:
-    """Admission per product id; ``admit(ids)`` waits at most ``timeout`` seconds, then answers 503."""
+    """Admission per product id; ``admit(id)`` waits at most ``timeout`` seconds, then answers 503."""
 
     def __init__(self, limit: int, timeout: float) -> None:
         self.limit = limit
@@ -35,15 +41,24 @@ class ProductGate:
         self.waiting = 0
         self._slots: dict[int, _Slot] = {}
 
-    def admit(self, product_ids: Sequence[int], deadline: float) -> _Admission:
-        """Enter for ``product_ids`` (ascending, distinct: every request takes them in the same order).
+    def busiest(self, product_ids: Iterable[int]) -> int:
+        """The product most of this worker's requests are using or waiting for (the lowest id when none is).
 
-        Waits at most ``timeout`` (like a row lock under lock_timeout), and never past ``deadline``
-        (event-loop time), the request's whole budget.
+        An order of several products waits on this one's row first: it is the likeliest to be
+        held, and the others are then locked without waiting.
         """
-        return _Admission(self, product_ids, deadline)
+        return min(product_ids, key=lambda product_id: (-self._users(product_id), product_id))
 
-    def _slot(self, product_id: int) -> _Slot:
+    def _users(self, product_id: int) -> int:
+        slot = self._slots.get(product_id)
+        return slot.users if slot is not None else 0
+
+    def admit(self, product_id: int, deadline: float) -> _Admission:
+        """Enter for ``product_id``: wait at most ``timeout`` (like a row lock under lock_timeout), never past
+        ``deadline`` (event-loop time), the request's whole budget."""
+        return _Admission(self, product_id, deadline)
+
+    def _enter(self, product_id: int) -> _Slot:
         slot = self._slots.get(product_id)
         if slot is None:
             slot = self._slots[product_id] = _Slot(self.limit)
@@ -59,36 +74,26 @@ class ProductGate:
 
 
 class _Admission:
-    __slots__ = ("_deadline", "_gate", "_held", "_product_ids")
+    __slots__ = ("_deadline", "_gate", "_product_id", "_slot")
 
-    def __init__(self, gate: ProductGate, product_ids: Sequence[int], deadline: float) -> None:
+    def __init__(self, gate: ProductGate, product_id: int, deadline: float) -> None:
         self._gate = gate
-        self._product_ids = product_ids
+        self._product_id = product_id
         self._deadline = deadline
-        self._held: list[tuple[int, _Slot]] = []
+        self._slot: _Slot | None = None
 
     async def __aenter__(self) -> None:
-        gate = self._gate
-        loop = asyncio.get_running_loop()
-        deadline = min(loop.time() + gate.timeout, self._deadline)
-        try:
-            for product_id in self._product_ids:
-                slot = gate._slot(product_id)
-                if not slot.semaphore.locked():
-                    await slot.semaphore.acquire()  # free: returns at once
-                else:
-                    await self._wait(slot, deadline - loop.time(), product_id)
-                self._held.append((product_id, slot))
-        except BaseException:
-            self._release()
-            raise
-
-    async def _wait(self, slot: _Slot, remaining: float, product_id: int) -> None:
-        gate = self._gate
+        gate, product_id = self._gate, self._product_id
+        slot = gate._enter(product_id)
+        if not slot.semaphore.locked():
+            await slot.semaphore.acquire()  # free: returns at once
+            self._slot = slot
+            return
+        deadline = min(asyncio.get_running_loop().time() + gate.timeout, self._deadline)
         gate.waiting += 1
         metrics.GATE_WAITING.inc()
         try:
-            async with asyncio.timeout(max(remaining, 0)):
+            async with asyncio.timeout_at(deadline):
                 await slot.semaphore.acquire()
         except TimeoutError:
             gate._leave(product_id, slot, held=False)
@@ -99,13 +104,11 @@ class _Admission:
         finally:
             gate.waiting -= 1
             metrics.GATE_WAITING.dec()
+        self._slot = slot
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        for product_id, slot in reversed(self._held):
-            self._gate._leave(product_id, slot, held=True)
-        self._held.clear()
+        if self._slot is not None:
+            self._gate._leave(self._product_id, self._slot, held=True)
+            self._slot = None

@@ -14,7 +14,7 @@ from orders_service.orders.cursor import decode_cursor, encode_cursor
 from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow
 from orders_service.orders.product_gate import ProductGate
 from orders_service.orders.schemas import OrderLine, OrderRead
-from orders_service.orders.store import OrderStore, PlacementOutcome
+from orders_service.orders.store import CancelOutcome, OrderStore, PlacementOutcome
 
 NUMERIC_VALUE_OUT_OF_RANGE = "22003"
 
@@ -63,8 +63,16 @@ class OrderService:
         wanted = combine_lines(lines)
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()
-        async with self.gate.admit(list(wanted), deadline):
-            outcome = await self.orders.place_order(user_id, wanted, idempotency_key, fingerprint, deadline)
+        wait_for = self.gate.busiest(wanted)
+        while True:
+            async with self.gate.admit(wait_for, deadline):
+                outcome = await self.orders.place_order(
+                    user_id, wanted, idempotency_key, fingerprint, wait_for=wait_for, deadline=deadline
+                )
+            if outcome.missing or not outcome.busy:
+                break
+            wait_for = outcome.busy[0]  # held by another transaction: wait for it this time
+            metrics.BUSY_PRODUCT_RETRIES.inc()
         if outcome.order is not None:
             metrics.ORDERS_CREATED.inc()
             return outcome.order, False
@@ -85,17 +93,27 @@ class OrderService:
 
     async def cancel_order(self, user_id: str, order_id: int) -> OrderRead:
         """Cancel a placed order and put its units back in stock; cancelling again changes nothing."""
+        deadline = self.orders.runner.deadline()
+        outcome = await self._cancel_once(user_id, order_id, wait_for=None)
+        while outcome.busy:
+            wait_for = outcome.busy[0]  # held by another transaction: wait for it this time
+            metrics.BUSY_PRODUCT_RETRIES.inc()
+            async with self.gate.admit(wait_for, deadline):
+                outcome = await self._cancel_once(user_id, order_id, wait_for=wait_for)
+        if outcome.cancelled_now:
+            metrics.ORDERS_CANCELLED.inc()
+        return outcome.order
+
+    async def _cancel_once(self, user_id: str, order_id: int, *, wait_for: int | None) -> CancelOutcome:
         try:
-            outcome = await self.orders.cancel_order(user_id, order_id)
+            outcome = await self.orders.cancel_order(user_id, order_id, wait_for=wait_for)
         except StatementFailed as failed:
             if failed.sqlstate == NUMERIC_VALUE_OUT_OF_RANGE:
                 raise RestockOverflow from None
             raise
         if outcome is None:
             raise NotFoundException(f"order {order_id} not found")
-        if outcome.cancelled_now:
-            metrics.ORDERS_CANCELLED.inc()
-        return outcome.order
+        return outcome
 
     async def list_orders(self, user_id: str, limit: int, cursor: str | None) -> tuple[list[OrderRead], str | None]:
         """One page of the user's orders, newest first, and the cursor of the next page (None on the last)."""

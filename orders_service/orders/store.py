@@ -23,6 +23,7 @@ class PlacementOutcome:
 
     order: OrderRead | None = None
     missing: list[int] | None = None
+    busy: list[int] | None = None
     short: list[int] | None = None
     total_cents: int | None = None
     replay_of: int | None = None
@@ -31,8 +32,11 @@ class PlacementOutcome:
 
 @dataclass(frozen=True, slots=True)
 class CancelOutcome:
+    """The order after the call; ``busy`` names products another transaction held (then nothing changed)."""
+
     order: OrderRead
     cancelled_now: bool
+    busy: list[int] | None = None
 
 
 class OrderStore:
@@ -49,42 +53,53 @@ class OrderStore:
         wanted: dict[int, int],
         idempotency_key: str | None,
         request_hash: str | None,
+        *,
+        wait_for: int,
         deadline: float | None = None,
     ) -> PlacementOutcome:
-        """Reserve stock for ``wanted`` (product id -> qty, ascending ids) and insert the order, all or nothing."""
+        """Reserve stock for ``wanted`` (product id -> qty, ascending ids) and insert the order, all or nothing.
+
+        Waits for ``wait_for``'s row only; ``busy`` names the products another transaction held
+        (then nothing was written: try again, waiting for one of them).
+        """
         params = {
             "owner": user_id,
             "idempotency_key": idempotency_key,
             "product_ids": list(wanted),
             "qtys": list(wanted.values()),
             "outbox_channel": self.outbox_channel,
+            "wait_for": wait_for,
         }
         steps = [Step(PLACE_ORDER, params)]
         if idempotency_key is not None:
             claim = {"owner": user_id, "idempotency_key": idempotency_key, "request_hash": request_hash}
             steps.insert(0, Step(CLAIM_KEY, claim))
         *_, (row,) = await self.runner.run(steps, writes=True, deadline=deadline)
-        fresh, missing, short, total, prices, order_id, created_at, reserved, stored_hash, stored_order_id = row
+        fresh, missing, busy, short, total, prices, order_id, created_at, reserved, stored_hash, stored_order_id = row
         if not fresh:
             return PlacementOutcome(replay_of=stored_order_id, stored_hash=stored_hash)
         if order_id is None:
-            return PlacementOutcome(missing=missing, short=short, total_cents=int(total) if total is not None else None)
+            return PlacementOutcome(
+                missing=missing, busy=busy, short=short, total_cents=int(total) if total is not None else None
+            )
         if reserved != len(wanted):  # pragma: no cover - the rows are locked; kept as a tripwire
             raise RuntimeError(f"reserved {reserved} of {len(wanted)} products under lock")
         items = [OrderItemRead(p, q, c) for (p, q), c in zip(wanted.items(), prices, strict=True)]
         order = OrderRead(order_id, user_id, created_at.astimezone(UTC), int(total), "placed", None, items)
         return PlacementOutcome(order=order)
 
-    async def cancel_order(self, user_id: str, order_id: int) -> CancelOutcome | None:
-        """Cancel the user's order if placed, restocking its units; None when the user has no such order."""
-        ((rows,)) = await self.runner.run(
-            [Step(CANCEL_ORDER, {"owner": user_id, "order_id": order_id, "outbox_channel": self.outbox_channel})],
-            writes=True,
-        )
+    async def cancel_order(self, user_id: str, order_id: int, *, wait_for: int | None) -> CancelOutcome | None:
+        """Cancel the user's order if placed, restocking its units; None when the user has no such order.
+
+        Waits for ``wait_for``'s row only (None: for no product's); ``busy`` names the products another
+        transaction held (then nothing changed: try again, waiting for one of them).
+        """
+        params = {"owner": user_id, "order_id": order_id, "outbox_channel": self.outbox_channel, "wait_for": wait_for}
+        ((rows,)) = await self.runner.run([Step(CANCEL_ORDER, params)], writes=True)
         if not rows:
             return None
         (row,) = rows
-        return CancelOutcome(order_from_row(row), cancelled_now=bool(row[7]))
+        return CancelOutcome(order_from_row(row), cancelled_now=bool(row[7]), busy=row[8])
 
     async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
         """The user's order with its items, or None (whether it is missing or someone else's)."""

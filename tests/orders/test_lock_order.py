@@ -81,28 +81,60 @@ def stock(database: ProvisionedDatabase) -> dict[int, int]:
     return dict(rows)
 
 
-async def test_an_order_waiting_for_a_product_holds_none_of_the_later_ones(
+async def test_an_order_waiting_for_a_product_holds_none_of_its_other_products(
     client: Client, scan_ordered: ProvisionedDatabase
 ) -> None:
+    """Hold-and-wait: an order for [1, 2, 3] waiting for product 2 must hold neither 1 (before it) nor 3 (after it)."""
     catalog = scan_ordered.admin.catalog_schema
     with admin_connection(scan_ordered) as holder:
-        holder.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 1 FOR UPDATE")
+        holder.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 2 FOR UPDATE")
         order = asyncio.create_task(
             client.post(
                 "/orders",
-                json={"items": [{"product_id": 3, "qty": 1}, {"product_id": 1, "qty": 1}]},
+                json={"items": [{"product_id": 3, "qty": 1}, {"product_id": 2, "qty": 1}, {"product_id": 1, "qty": 1}]},
                 headers={"X-User": "ordered"},
             )
         )
         await until_the_service_waits_for_a_lock(scan_ordered)
         with admin_connection(scan_ordered) as prober:
-            # Product 3 comes after product 1: the waiting order must not hold it yet.
-            prober.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 3 FOR UPDATE NOWAIT")
+            for other in (1, 3):
+                prober.execute(f"SELECT 1 FROM {catalog}.products WHERE id = {other} FOR UPDATE NOWAIT")
             prober.rollback()
         holder.rollback()
         response = await order
     assert response.status_code == 200
-    assert stock(scan_ordered) == {1: 9, 2: 10, 3: 9}
+    assert stock(scan_ordered) == {1: 9, 2: 9, 3: 9}
+
+
+async def test_a_cancellation_waiting_for_a_product_holds_none_of_its_other_products(
+    client: Client, scan_ordered: ProvisionedDatabase
+) -> None:
+    catalog = scan_ordered.admin.catalog_schema
+    placed = await client.post(
+        "/orders",
+        json={"items": [{"product_id": 1, "qty": 2}, {"product_id": 3, "qty": 1}]},
+        headers={"X-User": "canceller"},
+    )
+    assert placed.status_code == 200
+    with admin_connection(scan_ordered) as holder:
+        holder.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 3 FOR UPDATE")
+        cancel = asyncio.create_task(
+            client.post(f"/orders/{placed.json()['id']}/cancel", headers={"X-User": "canceller"})
+        )
+        await until_the_service_waits_for_a_lock(scan_ordered)
+        with admin_connection(scan_ordered) as prober:
+            prober.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 1 FOR UPDATE NOWAIT")
+            prober.rollback()
+        other = await client.post(
+            "/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={"X-User": "meanwhile"}
+        )
+        assert other.status_code == 200  # served while the cancellation still waits
+        assert not cancel.done()
+        holder.rollback()
+        response = await cancel
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert stock(scan_ordered) == {1: 9, 2: 10, 3: 10}
 
 
 async def test_waiting_orders_do_not_block_the_catalogs_foreign_key_inserts(
@@ -124,7 +156,7 @@ async def test_waiting_orders_do_not_block_the_catalogs_foreign_key_inserts(
                 headers={"X-User": "fk"},
             )
         )
-        await until_the_service_waits_for_a_lock(scan_ordered)  # holding product 1, waiting for product 2
+        await until_the_service_waits_for_a_lock(scan_ordered)  # waiting for product 2
         with admin_connection(scan_ordered) as catalog_team:
             catalog_team.execute("SET lock_timeout = '1s'")
             catalog_team.execute(f"INSERT INTO {catalog}.product_images (product_id) VALUES (1)")
@@ -138,11 +170,37 @@ def deadlock_retries(service: GranianServer) -> float:
     return scrape(service).get(("db_transaction_retries_total", (("cause", "deadlock"),)), 0.0)
 
 
+async def test_an_outside_writer_locking_in_another_order_does_not_deadlock_an_order(
+    client: Client, scan_ordered: ProvisionedDatabase, service: GranianServer
+) -> None:
+    """The outside writer locks product 2 then 1; the order for [1, 2] waits for 2 holding nothing, so 1 stays free."""
+    catalog = scan_ordered.admin.catalog_schema
+    retries_before = deadlock_retries(service)
+    with admin_connection(scan_ordered) as writer:
+        writer.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 2 FOR UPDATE")
+        order = asyncio.create_task(
+            client.post(
+                "/orders",
+                json={"items": [{"product_id": 2, "qty": 1}, {"product_id": 1, "qty": 1}]},
+                headers={"X-User": "no-victim"},
+            )
+        )
+        await until_the_service_waits_for_a_lock(scan_ordered)
+        writer.execute("SET lock_timeout = '2s'")  # product 1 must be free: no wait, no deadlock
+        writer.execute(f"UPDATE {catalog}.products SET stock = stock - 5 WHERE id = 1")
+        writer.commit()
+        response = await order
+    assert response.status_code == 200
+    assert deadlock_retries(service) == retries_before
+    assert stock(scan_ordered) == {1: 4, 2: 9, 3: 10}
+
+
 async def test_a_deadlock_with_an_outside_writer_is_retried_and_the_order_placed(
     client: Client, scan_ordered: ProvisionedDatabase, service: GranianServer
 ) -> None:
-    """The outside writer locks product 2 then 1; the order locks 1 then waits for 2: PostgreSQL aborts the order."""
-    catalog = scan_ordered.admin.catalog_schema
+    """The order claims its Idempotency-Key, then waits for product 2, which the writer holds; the writer then
+    inserts the same key and waits for the order: PostgreSQL aborts the order, which is retried."""
+    catalog, orders = scan_ordered.admin.catalog_schema, scan_ordered.admin.db_schema
     retries_before = deadlock_retries(service)
     with admin_connection(scan_ordered) as writer:
         writer.execute("SET deadlock_timeout = '60s'")  # so that the order's backend is the one that detects it
@@ -150,20 +208,21 @@ async def test_a_deadlock_with_an_outside_writer_is_retried_and_the_order_placed
         order = asyncio.create_task(
             client.post(
                 "/orders",
-                json={"items": [{"product_id": 2, "qty": 1}, {"product_id": 1, "qty": 1}]},
-                headers={"X-User": "victim"},
+                json={"items": [{"product_id": 2, "qty": 1}]},
+                headers={"X-User": "victim", "Idempotency-Key": "deadlocked"},
             )
         )
         await until_the_service_waits_for_a_lock(scan_ordered)
-        # Blocks until the order is aborted as the deadlock victim, which releases product 1.
-        await asyncio.to_thread(writer.execute, f"UPDATE {catalog}.products SET stock = stock - 5 WHERE id = 1")
-        writer.commit()
+        # Blocks until the order is aborted as the deadlock victim, which releases the key.
+        await asyncio.to_thread(
+            writer.execute,
+            f"INSERT INTO {orders}.idempotency_keys (user_id, key, request_hash) VALUES ('victim', 'deadlocked', 'x')"
+            " ON CONFLICT DO NOTHING",
+        )
+        writer.rollback()
         response = await order
-    retries_after = deadlock_retries(service)
     assert response.status_code == 200
-    # At least one: when the victim aborts, its retry can take product 1 before the writer's
-    # waiting UPDATE does (row locks are not queued fairly) and deadlock once more.
-    assert retries_after - retries_before >= 1
-    assert stock(scan_ordered) == {1: 4, 2: 9, 3: 10}
+    assert deadlock_retries(service) - retries_before >= 1
+    assert stock(scan_ordered) == {1: 10, 2: 9, 3: 10}
     with admin_connection(scan_ordered) as connection:
-        assert connection.execute(f"SELECT count(*) FROM {scan_ordered.admin.db_schema}.orders").fetchone() == (1,)
+        assert connection.execute(f"SELECT count(*) FROM {orders}.orders").fetchone() == (1,)

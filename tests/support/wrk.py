@@ -57,4 +57,5 @@ def finish_wrk(process: subprocess.Popen[str]) -> WrkResult:
     if process.returncode != 0:
         raise RuntimeError(f"wrk failed ({process.returncode}): {errors}")
     summary = json.loads(output.strip().splitlines()[-1])
-    return WrkResult(**summary)
+    # The benchmark's scripts add latency percentiles: the tests need only the counts.
+    return WrkResult(summary["requests"], summary["non_2xx"], summary["socket_errors"], summary["duration_s"])
