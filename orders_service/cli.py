@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -107,6 +108,10 @@ def dev() -> None:
     logger.info("no DB_* variables set: starting the embedded PostgreSQL in %s", DEV_DATA_DIR)
     with embedded_postgres(DEV_DATA_DIR.resolve()) as db_env:
         os.environ.update(db_env)
+        logger.info(
+            "while this runs, other commands (alembic, purge-events, ...) reach its database with: %s",
+            " ".join(f"{name}={shlex.quote(db_env[name])}" for name in DB_ENV_VARS),
+        )
         serve_with_demo_catalog(Settings.from_env())
 
 
@@ -208,31 +213,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         os.environ.setdefault("LOG_FORMAT", "console")
     try:
-        if args.command in ("serve", "dev"):
-            logs.configure_process(Settings.from_env())
-        else:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        if args.command == "serve":
-            serve(Settings.from_env())
-        elif args.command == "dev":
-            dev()
-        elif args.command == "print-grants":
-            from orders_service.db.grants import grants_sql  # noqa: PLC0415
-
-            print(grants_sql(Settings.from_env(), args.role), end="")
-        elif args.command == "relay":
-            return relay(Settings.from_env())
-        elif args.command == "purge-events":
-            settings = Settings.from_env()
-            older_than = args.older_than_hours or settings.events_retention_hours
-            deleted = purge_events(settings, older_than)
-            print(f"deleted {deleted} published event(s) older than {older_than} hours")
-        else:
-            deleted = purge_idempotency_keys(Settings.from_env(), args.older_than_hours)
-            print(f"deleted {deleted} idempotency key(s) older than {args.older_than_hours} hours")
+        settings = Settings.from_env()
+        logs.configure_process(settings)
+        return run(args, settings)
     except ConfigError as exc:
         print(f"orders-service: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from orders_service.db.failure_line import DATABASE_ERRORS, failure_line  # noqa: PLC0415
+
+        if not isinstance(exc, DATABASE_ERRORS):
+            raise
+        # Read again: `dev` may have pointed DB_* at its embedded PostgreSQL meanwhile.
+        print(f"orders-service: {failure_line(Settings.from_env(), exc)}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the command of ``args``; its exit status."""
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "dev":
+        dev()
+    elif args.command == "print-grants":
+        from orders_service.db.grants import grants_sql  # noqa: PLC0415
+
+        print(grants_sql(settings, args.role), end="")
+    elif args.command == "relay":
+        return relay(settings)
+    elif args.command == "purge-events":
+        older_than = args.older_than_hours or settings.events_retention_hours
+        deleted = purge_events(settings, older_than)
+        print(f"deleted {deleted} published event(s) older than {older_than} hours")
+    else:
+        deleted = purge_idempotency_keys(settings, args.older_than_hours)
+        print(f"deleted {deleted} idempotency key(s) older than {args.older_than_hours} hours")
     return 0
 
 

@@ -31,6 +31,7 @@ from psycopg import sql
 
 from orders_service.config import Settings
 from orders_service.db.engine import connect_args, create_engine
+from orders_service.db.failure_line import failure_line
 from orders_service.db.transactions import StatementFailed, TransactionRunner
 from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.events.amqp_publish import publish_batch
@@ -116,7 +117,7 @@ class Relay:
             )
             self._unmarked = []
         except (DatabaseUnavailable, StatementFailed) as exc:
-            self._set_state(DATABASE_UNAVAILABLE, str(exc))
+            self._set_state(DATABASE_UNAVAILABLE, failure_line(self.settings, exc))
             await self._pause(self._backoff.next())
             return
         metrics.EVENTS_PENDING.set(pending)
@@ -217,7 +218,7 @@ class Relay:
         try:
             await self.outbox.mark_published(self._unmarked)
         except (DatabaseUnavailable, StatementFailed) as exc:
-            self._set_state(DATABASE_UNAVAILABLE, str(exc))
+            self._set_state(DATABASE_UNAVAILABLE, failure_line(self.settings, exc))
             return
         self._unmarked = []
 
