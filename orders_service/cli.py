@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from orders_service.config import ConfigError, Settings
+from orders_service.db.grants import AUDIENCES
 from orders_service.observability import logs
 
 logger = logging.getLogger("orders_service")
@@ -195,9 +196,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("serve", help="serve with Granian (production; configured by environment variables)")
     commands.add_parser("dev", help="run locally on an embedded PostgreSQL unless DB_* is set")
     grants = commands.add_parser(
-        "print-grants", help="print the GRANTs the runtime role needs (for DB_SCHEMA and CATALOG_SCHEMA)"
+        "print-grants", help="print the SQL that gives the runtime role its privileges (DB_SCHEMA, CATALOG_SCHEMA)"
     )
     grants.add_argument("role", help="the role the service connects as (DB_USER)")
+    grants.add_argument(
+        "--for",
+        dest="audience",
+        choices=AUDIENCES,
+        default=None,
+        help="print only the part this role runs (default: all three, each under a header comment)",
+    )
     purge = commands.add_parser("purge-idempotency-keys", help="delete old idempotency keys (orders stay)")
     purge.add_argument(
         "--older-than-hours", type=retention_hours, default=MIN_KEY_RETENTION_HOURS, help="default and minimum: 24"
@@ -238,7 +246,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     elif args.command == "print-grants":
         from orders_service.db.grants import grants_sql  # noqa: PLC0415
 
-        print(grants_sql(settings, args.role), end="")
+        print(grants_sql(settings, args.role, args.audience), end="")
     elif args.command == "relay":
         return relay(settings)
     elif args.command == "purge-events":
