@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from orders_service.app import create_app
 from orders_service.config import Settings
 from tests.conftest import OUR_TABLES, Catalog
-from tests.support.database import ProvisionedDatabase, provisioned_database
+from tests.support.database import ProvisionedDatabase, backends_waiting_for_a_lock, provisioned_database
 from tests.support.faults import wait_until
 from tests.support.granian import start_granian
 
@@ -121,20 +121,6 @@ async def test_the_configured_lock_timeout_is_sent_whatever_the_roles_default(
     assert shop.order_count() == 0
 
 
-def waiting_backends(catalog: Catalog, database: ProvisionedDatabase) -> list[int]:
-    """The service's backends waiting for a lock, on this module's database only."""
-    with catalog.engine.connect() as connection:
-        return list(
-            connection.execute(
-                text(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = :database AND usename = :role "
-                    "AND wait_event_type = 'Lock'"
-                ),
-                {"database": database.runtime.db_name, "role": database.runtime.db_user},
-            ).scalars()
-        )
-
-
 async def test_a_backend_terminated_while_an_order_waits_answers_that_the_outcome_is_unknown(
     patient_database: ProvisionedDatabase, shop: Catalog, tmp_path: Path
 ) -> None:
@@ -148,10 +134,10 @@ async def test_a_backend_terminated_while_an_order_waits_answers_that_the_outcom
                 hold_product(other_writer, shop)
                 placing = asyncio.create_task(http.post("/orders", json=ORDER, headers=headers))
                 await wait_until(
-                    lambda: len(waiting_backends(shop, patient_database)) == 1, 30, "the order waiting on the row"
+                    lambda: len(backends_waiting_for_a_lock(patient_database)) == 1, 30, "the order waiting on the row"
                 )
                 with shop.engine.connect() as dba:
-                    (pid,) = waiting_backends(shop, patient_database)
+                    (pid,) = backends_waiting_for_a_lock(patient_database)
                     assert dba.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
                 response = await placing
                 other_writer.rollback()

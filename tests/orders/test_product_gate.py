@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from orders_service.config import Settings
 from tests.conftest import Catalog
+from tests.support.database import ProvisionedDatabase, backends_waiting_for_a_lock
 from tests.support.faults import wait_until
 from tests.support.granian import start_granian
 
@@ -44,22 +45,8 @@ async def until_gate_waiting(http: httpx.AsyncClient, count: float, within: floa
         await asyncio.sleep(0.02)  # polling the service's own report
 
 
-def waiting_on_a_row(catalog: Catalog, settings: Settings) -> int:
-    """How many of the service's backends wait for a row lock, on the tests' database only."""
-    with catalog.engine.connect() as connection:
-        return int(
-            connection.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = :database AND usename = :role "
-                    "AND wait_event_type = 'Lock'"
-                ),
-                {"database": settings.db_name, "role": settings.db_user},
-            ).scalar_one()
-        )
-
-
 async def test_orders_that_failed_on_a_held_row_leave_the_gate_to_the_next_order(
-    settings: Settings, catalog: Catalog, tmp_path: Path
+    database: ProvisionedDatabase, settings: Settings, catalog: Catalog, tmp_path: Path
 ) -> None:
     """With PRODUCT_GATE_LIMIT=1, an order that got a lock-timeout 503 and the two that waited behind it
     leave the product's only place: once the row is free, the next order goes through and nobody waits."""
@@ -75,7 +62,9 @@ async def test_orders_that_failed_on_a_held_row_leave_the_gate_to_the_next_order
                     text(f"SELECT 1 FROM {catalog.catalog_schema}.products WHERE id = {HELD} FOR UPDATE")
                 )
                 first = asyncio.create_task(http.post("/orders", json=ORDER, headers={"X-User": "first"}))
-                await wait_until(lambda: waiting_on_a_row(catalog, settings) == 1, 10, "the first order on the row")
+                await wait_until(
+                    lambda: len(backends_waiting_for_a_lock(database)) == 1, 10, "the first order on the row"
+                )
                 behind = [
                     asyncio.create_task(http.post("/orders", json=ORDER, headers={"X-User": f"behind-{n}"}))
                     for n in range(2)
