@@ -90,6 +90,38 @@ async def test_default_page_is_50_orders(client: Client, catalog: Catalog) -> No
     assert "limit=50" in (next_url(response) or "")
 
 
+async def test_orders_sharing_a_created_at_are_each_listed_once_across_pages(client: Client, catalog: Catalog) -> None:
+    """Orders with one ``created_at`` (placed in one transaction, imported in bulk) straddle page boundaries:
+    the cursor carries the id too, so every page starts right after the last order of the previous one."""
+
+    def insert_orders(count: int, created_at: str) -> list[int]:
+        with catalog.engine.begin() as connection:
+            return list(
+                connection.execute(
+                    text(
+                        f"INSERT INTO {catalog.orders_schema}.orders (user_id, total_cents, created_at) "
+                        "SELECT 'alice', 0, CAST(:created_at AS timestamptz) FROM generate_series(1, :count) "
+                        "RETURNING id"
+                    ),
+                    {"created_at": created_at, "count": count},
+                ).scalars()
+            )
+
+    earlier = insert_orders(2, "2026-01-02 03:04:05.000001+00")
+    tied = insert_orders(7, "2026-01-02 03:04:05.678901+00")
+    later = insert_orders(2, "2026-01-02 03:04:06+00")
+
+    pages = await walk(client, "/orders/me?limit=3")
+
+    newest_first = sorted(later, reverse=True) + sorted(tied, reverse=True) + sorted(earlier, reverse=True)
+    assert [[order["id"] for order in page] for page in pages] == [
+        newest_first[0:3],
+        newest_first[3:6],
+        newest_first[6:9],
+        newest_first[9:11],
+    ]
+
+
 @pytest.mark.parametrize(
     "query",
     [

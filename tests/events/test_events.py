@@ -18,10 +18,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -29,14 +30,22 @@ import pytest
 from cloudevents.core.formats.json import JSONFormat
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 
 from orders_service.app import create_app
 from orders_service.cli import main as cli_main
 from orders_service.config import Settings
-from orders_service.events.relay import named_connection
+from orders_service.events.relay import PUBLISHING, Relay, named_connection
 from tests.conftest import Catalog
-from tests.support.amqp import Received, close_connection_named, event_queue, rabbitmqctl, require_broker
-from tests.support.faults import wait_until
+from tests.support.amqp import (
+    Received,
+    close_connection_named,
+    event_queue,
+    rabbitmqctl,
+    refusing_queue,
+    require_broker,
+)
+from tests.support.faults import freezable_proxy, wait_until
 from tests.support.granian import free_port, start_granian
 from tests.support.scrape import scrape
 
@@ -590,3 +599,87 @@ async def test_relays_behind_pgbouncer_publish_by_polling(
     logs = [(tmp_path / f"relay-{name}.log").read_text() for name in ("a", "b")]
     assert sorted("publishing" in log for log in logs) == [False, True], logs  # one publisher, the other stands by
     assert len(queue.received) == len(expected)
+
+
+# --- one relay in-process, while the broker refuses its publishes or never confirms them --------------
+
+
+def publish_failures() -> float:
+    """orders_events_publish_failures_total of this process (where the relay under test runs)."""
+    return REGISTRY.get_sample_value("orders_events_publish_failures_total") or 0.0
+
+
+@contextlib.asynccontextmanager
+async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
+    relay = Relay(settings)
+    running = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        await asyncio.wait_for(running, 30)
+
+
+async def place_orders(client: AsyncTestClient[Litestar], count: int) -> list[int]:
+    ids = []
+    for _ in range(count):
+        placed = await client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={"X-User": "r"})
+        assert placed.status_code == 200, placed.text
+        ids.append(int(placed.json()["id"]))
+    return ids
+
+
+async def until_failed_twice_or_marked(catalog: Catalog, failures_before: float, events: int) -> None:
+    """Until the relay failed to publish twice (so it had finished with the first failure), or marked an event."""
+    await wait_until(
+        lambda: publish_failures() >= failures_before + 2 or pending(catalog) < events, 60, "two failed publishes"
+    )
+
+
+def placed_subjects(received: list[Received]) -> set[int]:
+    return {int(envelope(message).subject) for message in received if message.routing_key == PLACED}
+
+
+async def test_events_the_broker_refuses_stay_pending_and_go_out_once_it_accepts_them(
+    client: AsyncTestClient[Litestar], settings: Settings, catalog: Catalog, broker_url: str
+) -> None:
+    """A queue that refuses every message makes the broker nack each publish: nothing is marked published."""
+    catalog.add(1, stock=10)
+    order_ids = await place_orders(client, 3)
+    async with event_queue(broker_url) as queue, refusing_queue(broker_url, queue.exchange) as refusing:
+        failures_before = publish_failures()
+        async with running_relay(events_env(settings, broker_url, queue.exchange)):
+            await until_failed_twice_or_marked(catalog, failures_before, len(order_ids))
+            pending_while_refused = pending(catalog)
+            await refusing.delete()
+            await wait_until(lambda: pending(catalog) == 0, 30, "the events published once the broker accepts them")
+        await queue.wait_for(lambda received: set(order_ids) <= placed_subjects(received), 30, "every event")
+
+    assert pending_while_refused == len(order_ids)
+    assert outbox_rows(catalog) == [(order_id, PLACED, True) for order_id in order_ids]
+
+
+async def test_events_the_broker_never_confirms_stay_pending_and_go_out_later(
+    client: AsyncTestClient[Litestar], settings: Settings, catalog: Catalog, broker_url: str
+) -> None:
+    """A frozen network between the relay and the broker (the broker itself keeps running): publishes are
+    never confirmed, so after EVENTS_LEASE_TTL_MS the relay gives up on them, and they stay pending."""
+    catalog.add(1, stock=10)
+    broker = urlsplit(broker_url)
+    async with event_queue(broker_url) as queue:
+        with freezable_proxy((broker.hostname or "127.0.0.1", broker.port or 5672)) as proxy:
+            through_proxy = broker._replace(netloc=f"{broker.username}:{broker.password}@127.0.0.1:{proxy.port}")
+            relay_settings = events_env(settings, through_proxy.geturl(), queue.exchange, EVENTS_LEASE_TTL_MS="2000")
+            async with running_relay(relay_settings) as relay:
+                await wait_until(lambda: relay.state == PUBLISHING, 30, "the relay connected and holding the lease")
+                failures_before = publish_failures()
+                proxy.freeze()
+                order_ids = await place_orders(client, 3)
+                await until_failed_twice_or_marked(catalog, failures_before, len(order_ids))
+                pending_while_frozen = pending(catalog)
+                proxy.thaw()
+                await wait_until(lambda: pending(catalog) == 0, 60, "the events published once the network is back")
+        await queue.wait_for(lambda received: set(order_ids) <= placed_subjects(received), 30, "every event")
+
+    assert pending_while_frozen == len(order_ids)
+    assert outbox_rows(catalog) == [(order_id, PLACED, True) for order_id in order_ids]

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -127,6 +128,43 @@ def _received(message: AbstractIncomingMessage) -> Received:
         int(message.delivery_mode) if message.delivery_mode is not None else None,
         time.monotonic(),
     )
+
+
+@dataclass
+class RefusingQueue:
+    """A queue bound to ``exchange`` that takes no message (``x-max-length`` 0, ``reject-publish``): the broker
+    nacks every publish routed to it, while it still delivers it to the exchange's other queues."""
+
+    url: str
+    exchange: str
+    name: str = field(default_factory=lambda: f"orders-test-refusing-{uuid.uuid4().hex[:10]}")
+
+    async def declare(self) -> None:
+        connection = await aio_pika.connect(self.url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            arguments: dict[str, Any] = {"x-max-length": 0, "x-overflow": "reject-publish"}
+            queue = await channel.declare_queue(self.name, durable=True, arguments=arguments)
+            await queue.bind(exchange, routing_key="orders.order.#")
+
+    async def delete(self) -> None:
+        connection = await aio_pika.connect(self.url, timeout=10)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(self.name)
+
+
+@contextlib.asynccontextmanager
+async def refusing_queue(url: str, exchange: str) -> AsyncIterator[RefusingQueue]:
+    """A ``RefusingQueue`` on ``exchange``, deleted afterwards (``delete()`` ends the refusals sooner)."""
+    queue = RefusingQueue(url, exchange)
+    await queue.declare()
+    try:
+        yield queue
+    finally:
+        with contextlib.suppress(Exception):
+            await queue.delete()
 
 
 @contextlib.asynccontextmanager

@@ -153,3 +153,14 @@ def scratch_database(server: Settings) -> Iterator[Settings]:
     finally:
         with connect_as(server) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def backends_waiting_for_a_lock(database: ProvisionedDatabase) -> list[int]:
+    """The pids of the runtime role's backends waiting for a lock, on ``database`` only (the server is shared)."""
+    with _admin_connect(database.admin) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND usename = %s"
+            " AND wait_event_type = 'Lock'",
+            [database.runtime.db_user],
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]

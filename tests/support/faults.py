@@ -18,20 +18,23 @@ from urllib.parse import urlsplit
 
 from tests.support.keepalive_http import KeepAliveClient, TransportError
 
+Upstream = str | tuple[str, int]  # a Unix socket's path, or a TCP (host, port)
+
 
 class FreezableProxy:
-    """Relays TCP connections to a PostgreSQL Unix socket; ``freeze()`` stops relaying bytes, as a frozen network.
+    """Relays TCP connections to ``upstream`` (PostgreSQL's Unix socket, RabbitMQ's port); ``freeze()`` stops
+    relaying bytes, as a frozen network.
 
     While frozen, connections stay open and bytes are held (TCP would retransmit them), new
     connections are accepted but not forwarded: no error ever reaches either side. The relay runs
     in a process of its own: in the test's process it would queue for the GIL behind the clients.
     """
 
-    def __init__(self, upstream_socket: str) -> None:
+    def __init__(self, upstream: Upstream) -> None:
         context = multiprocessing.get_context("spawn")
         self._control, child_control = context.Pipe()
         self._process = context.Process(
-            target=_relay_process, args=(upstream_socket, child_control), daemon=True, name="freezable-proxy"
+            target=_relay_process, args=(upstream, child_control), daemon=True, name="freezable-proxy"
         )
         self._process.start()
         if not self._control.poll(30):
@@ -57,11 +60,11 @@ class FreezableProxy:
             self._process.kill()
 
 
-def _relay_process(upstream: str, control: Connection) -> None:
+def _relay_process(upstream: Upstream, control: Connection) -> None:
     asyncio.run(_relay(upstream, control))
 
 
-async def _relay(upstream: str, control: Connection) -> None:
+async def _relay(upstream: Upstream, control: Connection) -> None:
     flowing = asyncio.Event()
     flowing.set()
 
@@ -77,7 +80,10 @@ async def _relay(upstream: str, control: Connection) -> None:
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         await flowing.wait()
         try:
-            server_reader, server_writer = await asyncio.open_unix_connection(upstream)
+            if isinstance(upstream, str):
+                server_reader, server_writer = await asyncio.open_unix_connection(upstream)
+            else:
+                server_reader, server_writer = await asyncio.open_connection(*upstream)
         except OSError:
             client_writer.close()
             return
@@ -99,8 +105,8 @@ async def _relay(upstream: str, control: Connection) -> None:
 
 
 @contextlib.contextmanager
-def freezable_proxy(upstream_socket: str) -> Iterator[FreezableProxy]:
-    proxy = FreezableProxy(upstream_socket)
+def freezable_proxy(upstream: Upstream) -> Iterator[FreezableProxy]:
+    proxy = FreezableProxy(upstream)
     try:
         yield proxy
     finally:
