@@ -157,7 +157,7 @@ def scratch_database(server: Settings) -> Iterator[Settings]:
 
 def backends_waiting_for_a_lock(database: ProvisionedDatabase) -> list[int]:
     """The pids of the runtime role's backends waiting for a lock, on ``database`` only (the server is shared)."""
-    with _admin_connect(database.admin) as connection:
+    with connect_as(database.admin) as connection:
         rows = connection.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND usename = %s"
             " AND wait_event_type = 'Lock'",
