@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orders_service.config import Settings
 from orders_service.db.engine import readiness_engine, request_engine
+from orders_service.db.readiness_probe import ReadinessProbe
 from orders_service.db.transactions import TransactionRunner
 from orders_service.events.relay_in_serve import RelayInServe
 from orders_service.observability import metrics
@@ -22,6 +23,7 @@ class WorkerComponents:
     settings: Settings
     runner: TransactionRunner
     readiness_runner: TransactionRunner
+    readiness: ReadinessProbe
     gate: ProductGate
     orders: OrderService
     events: RelayInServe
@@ -38,16 +40,18 @@ class WorkerComponents:
         )
         gate = ProductGate(settings.product_gate_limit, timeout=settings.db_lock_timeout_ms / 1000)
         store = OrderStore(runner, settings.outbox_channel)
+        readiness_runner = TransactionRunner(
+            readiness_engine(settings),
+            settings,
+            pool_size=1,
+            pool_timeout=settings.health_timeout,
+            budget=settings.health_timeout,
+        )
         return cls(
             settings=settings,
             runner=runner,
-            readiness_runner=TransactionRunner(
-                readiness_engine(settings),
-                settings,
-                pool_size=1,
-                pool_timeout=settings.health_timeout,
-                budget=settings.health_timeout,
-            ),
+            readiness_runner=readiness_runner,
+            readiness=ReadinessProbe(readiness_runner, timeout=settings.health_timeout),
             gate=gate,
             orders=OrderService(store, gate),
             events=RelayInServe(settings),

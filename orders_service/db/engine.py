@@ -103,10 +103,16 @@ def discard_if_closed_by_server(
     FATAL message); reading it now marks the connection bad, and raising DisconnectionError
     makes SQLAlchemy's pool drop it and hand out another one (or connect anew). So after a
     restart no request fails on a connection that died while it sat in the pool.
+
+    It reads twice: libpq's first read takes the FATAL message and returns, and only the next
+    one finds the close (seen with ``pg_terminate_backend``: one read left the connection "OK"
+    and the next query failed with the FATAL message). A read that finds nothing costs one
+    ``recv`` returning EAGAIN.
     """
     pgconn = record.driver_connection.pgconn  # type: ignore[union-attr]
     try:
         pgconn.consume_input()  # non-blocking: reads only what has already arrived
+        pgconn.consume_input()
     except OperationalError:
         raise DisconnectionError("the server closed the connection while it was idle") from None
     if pgconn.status == ConnStatus.BAD:

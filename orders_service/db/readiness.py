@@ -8,6 +8,7 @@ from sqlalchemy import Table, false, select
 
 from orders_service.db.models import IdempotencyKey, Order, OrderItem, OutboxEvent, Product
 from orders_service.db.statements import Statement, Step
+from orders_service.db.unavailable import DatabaseUnavailable
 
 if TYPE_CHECKING:
     from orders_service.db.transactions import TransactionRunner
@@ -28,5 +29,18 @@ READINESS_CHECK = Statement(
 
 
 async def check_tables(runner: TransactionRunner) -> None:
-    """Raise DatabaseUnavailable unless the database answers and every table the service uses is there."""
-    await runner.run([Step(READINESS_CHECK, {})], writes=False)
+    """Raise DatabaseUnavailable unless the database answers and every table the service uses is there.
+
+    A connection that broke while in use (a failover, a PgBouncer restart, terminated backends)
+    says the old session is gone, not that the database is: the check runs once more, on the new
+    connection the pool opens in its place, within the same budget. Without this, every
+    instance's readiness failed at once as the database came back.
+    """
+    steps = [Step(READINESS_CHECK, {})]
+    deadline = runner.deadline()
+    try:
+        await runner.run(steps, writes=False, deadline=deadline)
+    except DatabaseUnavailable as lost:
+        if not lost.connection_lost:
+            raise
+        await runner.run(steps, writes=False, deadline=deadline)

@@ -229,7 +229,9 @@ class TransactionRunner:
             await _invalidate(connection, wrapped)
             cause: UnavailableCause = "database_timeout" if timed_out else "database_unavailable"
             # A write whose answer never came may have been committed at the Sync.
-            return DatabaseUnavailable(cause, outcome_unknown=writes, context=_describe(exc))
+            return DatabaseUnavailable(
+                cause, outcome_unknown=writes, connection_lost=not timed_out, context=_describe(exc)
+            )
         if sqlstate in _RETRYABLE:
             return _Retryable(_RETRYABLE[sqlstate])
         if sqlstate == "55P03":

@@ -10,6 +10,10 @@ class DatabaseUnavailable(Exception):
 
     ``outcome_unknown`` is set when the connection was lost after a write was sent: the
     transaction may have committed, so the client must retry with its Idempotency-Key.
+    ``connection_lost`` is set when a connection that was open broke while in use (the server
+    ended the session, the network dropped it) before the deadline, as opposed to a connection
+    that could not be opened or a database that did not answer in time: a new connection may
+    well work.
     """
 
     DETAILS: dict[UnavailableCause, str] = {
@@ -23,9 +27,17 @@ class DatabaseUnavailable(Exception):
         "table_missing": "A table the service needs is missing",
     }
 
-    def __init__(self, cause: UnavailableCause, *, outcome_unknown: bool = False, context: str | None = None) -> None:
+    def __init__(
+        self,
+        cause: UnavailableCause,
+        *,
+        outcome_unknown: bool = False,
+        connection_lost: bool = False,
+        context: str | None = None,
+    ) -> None:
         self.cause: UnavailableCause = cause
         self.outcome_unknown = outcome_unknown
+        self.connection_lost = connection_lost
         self.context = context
         super().__init__(f"{cause}: {context}" if context else cause)
 
