@@ -49,6 +49,12 @@ SET_TIMEOUTS = (
     " set_config('statement_timeout', %(statement_timeout)s, true)"
 )
 _RETRYABLE = {"40P01": "deadlock", "40001": "serialization_failure"}
+# A table or column missing (migrations or the catalog out of step), or a privilege not granted.
+_SCHEMA_OUT_OF_STEP: dict[str, UnavailableCause] = {
+    "42P01": "table_missing",
+    "42703": "table_missing",
+    "42501": "database_unavailable",
+}
 # Errors the server sends when it is going away or refusing work: the connection is done for.
 _SERVER_GONE_CLASSES = ("08", "57P01", "57P02", "57P03", "53")
 
@@ -238,8 +244,8 @@ class TransactionRunner:
             return DatabaseUnavailable("lock_timeout")
         if sqlstate == "57014":
             return DatabaseUnavailable("statement_timeout")
-        if sqlstate == "42P01":
-            return DatabaseUnavailable("table_missing", context=_describe(exc))
+        if sqlstate in _SCHEMA_OUT_OF_STEP:  # a deployment fault, never the client's: 503 with what is wrong
+            return DatabaseUnavailable(_SCHEMA_OUT_OF_STEP[sqlstate], context=_describe(exc))
         return StatementFailed(wrapped)
 
 
