@@ -11,9 +11,11 @@ import sys
 from alembic import context
 from sqlalchemy import MetaData, create_engine, pool, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from orders_service.config import ConfigError, Settings
 from orders_service.db.engine import ALEMBIC_VERSION_TABLE
+from orders_service.db.failure_line import failure_line
 from orders_service.db.models import Base
 
 config = context.config
@@ -91,6 +93,12 @@ elif (connection := config.attributes.get("connection")) is not None:
     run_migrations_online(connection)
 else:
     engine = create_engine(settings.database_url, poolclass=pool.NullPool)
-    with engine.connect() as connection:
+    try:
+        connection = engine.connect()
+    except DBAPIError as exc:
+        # One line naming what was tried, as the service's commands say it, not a traceback.
+        print(f"orders-service: {failure_line(settings, exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    with connection:
         run_migrations_online(connection)
     engine.dispose()

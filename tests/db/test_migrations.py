@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import subprocess
 import sys
+import textwrap
+import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -16,12 +20,14 @@ from sqlalchemy.exc import OperationalError
 
 from orders_service.app import create_app
 from orders_service.config import Settings
-from orders_service.db.grants import grants_sql
+from orders_service.db.grants import AUDIENCES, grants_sql
+from orders_service.db.startup_check import check_database_at_start
 from orders_service.dev import migrate
 from orders_service.dev.demo_catalog import create_products_table
 from orders_service.dev.migrate import PROJECT_ROOT
-from tests.support.database import ProvisionedDatabase, scratch_database
+from tests.support.database import ProvisionedDatabase, connect_as, grant_as_schema_owner, scratch_database
 
+ALICE = {"X-User": "alice"}
 OUR_TABLES = {"alembic_version", "orders", "order_items", "idempotency_keys", "outbox", "outbox_relay_lease"}
 
 
@@ -139,19 +145,44 @@ def test_the_runtime_role_cannot_change_the_schema(database: ProvisionedDatabase
         connection.execute(f"CREATE TABLE {database.runtime.db_schema}.intruder (id int)")
 
 
-def test_print_grants_prints_what_the_runtime_role_was_given(database: ProvisionedDatabase) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "orders_service.cli", "print-grants", database.runtime.db_user],
-        env={**os.environ, **database.runtime.as_env()},
+def run_as(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` from the project's root with ``settings`` as the environment's DB_* and the rest."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **settings.as_env()},
         capture_output=True,
         text=True,
-        check=True,
-        timeout=60,
+        timeout=120,
+        check=False,
     )
-    assert result.stdout == grants_sql(database.runtime, database.runtime.db_user)
+
+
+def print_grants(settings: Settings, role: str, *options: str) -> str:
+    """``orders-service print-grants`` as an operator runs it; its standard output."""
+    result = run_as(settings, "-m", "orders_service.cli", "print-grants", role, *options)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_print_grants_prints_what_the_runtime_role_was_given(database: ProvisionedDatabase) -> None:
+    role = database.runtime.db_user
+    everything = print_grants(database.runtime, role)
+    parts = {audience: print_grants(database.runtime, role, "--for", audience) for audience in AUDIENCES}
+    assert everything == grants_sql(database.runtime, role)
+    for audience, part in parts.items():
+        assert part == grants_sql(database.runtime, role, audience)
+        assert sum(line.startswith("-- [") for line in part.splitlines()) == 1
+        assert f"-- [{audience}] Run as " in part
+        statements = [line for line in part.splitlines() if line and not line.startswith("--")]
+        assert statements
+        assert all(statement in everything for statement in statements)
     assert (
-        f'GRANT SELECT (id, price_cents, stock), UPDATE (stock) ON "catalog".products TO "{database.runtime.db_user}"'
-        in result.stdout
+        f'GRANT SELECT (id, price_cents, stock), UPDATE (stock) ON "catalog".products TO "{role}"'
+        in (parts["catalog-team"])
+    )
+    assert [everything.index(f"-- [{audience}]") for audience in AUDIENCES] == sorted(
+        everything.index(f"-- [{audience}]") for audience in AUDIENCES
     )
 
 
@@ -166,6 +197,66 @@ def test_a_migration_gives_up_on_a_locked_table_after_the_lock_timeout(database:
                 migrate.upgrade(impatient)
     finally:
         migrate.upgrade(database.owner)
-        # The downgrade dropped a table: its grants went with it, as the README warns.
-        with psycopg.connect(database.admin.conninfo) as connection:
-            connection.execute(grants_sql(database.admin, database.runtime.db_user).encode())
+        # The downgrade dropped a table: its grants went with it, as deploying.md warns.
+        grant_as_schema_owner(database.owner, database.runtime.db_user)
+
+
+DEPLOYING = PROJECT_ROOT / "docs" / "deploying.md"
+SQL_BLOCK = re.compile(r"^[ ]*```sql\n(.*?)^[ ]*```", re.DOTALL | re.MULTILINE)
+DOC_ROLES = ("orders_owner", "orders_app", "catalog_team")
+
+
+def deploying_sql(roles: dict[str, str]) -> list[str]:
+    """The SQL blocks of deploying.md's "Database roles" section, in order, with ``roles`` for its role names."""
+    text = DEPLOYING.read_text(encoding="utf-8")
+    section = text[text.index("## Database roles") : text.index("## Behind PgBouncer")]
+    names = re.compile(r"\b(" + "|".join(roles) + r")\b")
+    return [names.sub(lambda found: roles[found[1]], textwrap.dedent(block)) for block in SQL_BLOCK.findall(section)]
+
+
+async def test_a_first_deployment_as_deploying_md_tells_it(server: Settings) -> None:
+    """The DBA's and the catalog team's SQL as written, the migrations, each part of print-grants by its role."""
+    roles = {name: f"{name}_{uuid.uuid4().hex[:8]}" for name in DOC_ROLES}
+    dba_sql, catalog_sql = deploying_sql(roles)
+    password = re.findall(r"PASSWORD '([^']+)'", dba_sql)[0]
+    try:
+        with scratch_database(server) as admin:
+
+            def as_role(name: str) -> Settings:
+                return Settings.from_env({**admin.as_env(), "DB_USER": roles[name], "DB_PASS": password})
+
+            owner, runtime, catalog_team = as_role("orders_owner"), as_role("orders_app"), as_role("catalog_team")
+            with connect_as(admin) as connection:
+                connection.execute(dba_sql.encode())
+            with connect_as(catalog_team) as connection:
+                connection.execute(catalog_sql.encode())
+                connection.execute("INSERT INTO catalog.products (id, price_cents, stock) VALUES (1, 250, 10)")
+            migrated = await asyncio.to_thread(run_as, owner, "-m", "alembic", "upgrade", "head")
+            assert migrated.returncode == 0, migrated.stderr
+            for audience, by in (("schema-owner", owner), ("dba", admin), ("catalog-team", catalog_team)):
+                with connect_as(by) as connection:
+                    connection.execute(print_grants(runtime, roles["orders_app"], "--for", audience).encode())
+
+            assert check_database_at_start(runtime)
+            async with AsyncTestClient(app=create_app(runtime)) as client:
+                placed = await client.post("/orders", json={"items": [{"product_id": 1, "qty": 3}]}, headers=ALICE)
+                cancelled = await client.post(f"/orders/{placed.json()['id']}/cancel", headers=ALICE)
+                too_many = await client.post("/orders", json={"items": [{"product_id": 1, "qty": 11}]}, headers=ALICE)
+            purges = [
+                await asyncio.to_thread(run_as, runtime, "-m", "orders_service.cli", command)
+                for command in ("purge-idempotency-keys", "purge-events")
+            ]
+            with connect_as(admin) as connection:
+                role_settings = connection.execute(
+                    "SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setrole = %s::regrole",
+                    [roles["orders_app"]],
+                ).fetchall()
+    finally:
+        with connect_as(server) as connection:
+            for role in roles.values():
+                connection.execute(f"DROP ROLE IF EXISTS {role}".encode())
+    assert placed.status_code == 200, placed.text
+    assert cancelled.status_code == 200, cancelled.text
+    assert too_many.status_code == 400, too_many.text
+    assert [(purge.returncode, purge.stderr) for purge in purges] == [(0, ""), (0, "")]
+    assert sorted(setting for (setting,) in role_settings) == ["lock_timeout=5000", "statement_timeout=30000"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -31,8 +33,9 @@ from litestar.testing import AsyncTestClient
 from orders_service.app import create_app
 from orders_service.cli import main as cli_main
 from orders_service.config import Settings
+from orders_service.events.relay import named_connection
 from tests.conftest import Catalog
-from tests.support.amqp import Received, event_queue, rabbitmqctl, require_broker
+from tests.support.amqp import Received, close_connection_named, event_queue, rabbitmqctl, require_broker
 from tests.support.faults import wait_until
 from tests.support.granian import free_port, start_granian
 from tests.support.scrape import scrape
@@ -128,6 +131,87 @@ async def test_health_says_the_relay_cannot_reach_the_broker_without_failing(
         assert health.status_code == 200
         placed = await client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={"X-User": "c"})
         assert placed.status_code == 400  # the request path does not care: no product 1 here
+
+
+def json_lines(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+def nowhere_url() -> str:
+    """An AMQP URL where nothing listens."""
+    return f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+
+
+async def test_an_unreachable_broker_is_one_warning_line_of_the_relay_and_no_error(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The relay in serve retries; it says so once, at WARNING; aiormq's ERROR lines about it are not printed."""
+    nowhere = events_env(settings, nowhere_url(), "orders-test-nowhere")
+    with start_granian(nowhere, workers=1, metrics_dir=tmp_path / "metrics") as server:
+        await wait_until(
+            lambda: scrape(server).get(("orders_events_publish_failures_total", ()), 0) >= 3,
+            30,
+            "three failed attempts",
+        )
+        log = server.log()
+    lines = json_lines(log)
+    about_the_broker = [
+        (line["level"], line["logger"])
+        for line in lines
+        if "broker unreachable" in line["message"] or line["logger"].startswith(("aiormq", "aio_pika"))
+    ]
+    assert about_the_broker == [("WARNING", "orders_service.events.relay")], log
+    assert not [line for line in lines if line["level"] in {"ERROR", "CRITICAL"}], log
+    assert "NoneType" not in log
+    assert "exc_info" not in log
+
+
+async def test_aiormqs_own_lines_about_an_unreachable_broker_are_debug(
+    settings: Settings, tmp_path: Path, relays: list[subprocess.Popen[bytes]]
+) -> None:
+    """`orders-service relay` with LOG_LEVEL=DEBUG: aiormq's line for each failed attempt is there, at DEBUG."""
+    relays.append(
+        start_relay(events_env(settings, nowhere_url(), "orders-test-nowhere", LOG_LEVEL="DEBUG"), tmp_path, "d")
+    )
+    log_path = tmp_path / "relay-d.log"
+    await wait_until(
+        lambda: log_path.read_text().count("error when creating transport") >= 3, 30, "three failed attempts"
+    )
+    relays[-1].send_signal(signal.SIGTERM)
+    assert relays[-1].wait(30) == 0
+    lines = json_lines(log_path.read_text())
+    assert {line["level"] for line in lines if "error when creating transport" in line["message"]} == {"DEBUG"}
+    assert [line["level"] for line in lines if "broker unreachable" in line["message"]] == ["WARNING"]
+    assert not [line for line in lines if line["level"] in {"ERROR", "CRITICAL"}]
+
+
+def test_the_relays_connection_is_named_after_its_holder_unless_amqp_url_names_it() -> None:
+    assert named_connection("amqp://u:p@broker:5672/", "host:12:ab") == "amqp://u:p@broker:5672/?name=host%3A12%3Aab"
+    assert named_connection("amqp://broker/vh?heartbeat=30", "h") == "amqp://broker/vh?heartbeat=30&name=h"
+    assert named_connection("amqp://broker/?name=mine", "h") == "amqp://broker/?name=mine"
+
+
+async def test_a_connection_the_broker_closes_is_one_warning_line_broker_unreachable(
+    settings: Settings, catalog: Catalog, broker_url: str, tmp_path: Path, relays: list[subprocess.Popen[bytes]]
+) -> None:
+    """The broker closes the relay's connection (as at its shutdown): one WARNING, no aiormq ERROR, publishing again."""
+    async with event_queue(broker_url) as queue:
+        relays.append(start_relay(events_env(settings, broker_url, queue.exchange), tmp_path, "closed"))
+        log_path = tmp_path / "relay-closed.log"
+        await wait_until(lambda: "publishing" in log_path.read_text(), 30, "the relay publishes")
+        holder = re.findall(r"events relay (\S+): exchange", log_path.read_text())[0]
+        await asyncio.to_thread(close_connection_named, holder, "closed by the test")
+        await wait_until(lambda: log_path.read_text().count("publishing") >= 2, 30, "the relay publishes again")
+        relays[-1].send_signal(signal.SIGTERM)
+        assert relays[-1].wait(30) == 0
+    log = log_path.read_text()
+    lines = json_lines(log)
+    warnings = [line["message"] for line in lines if line["level"] == "WARNING"]
+    assert len(warnings) == 1, log
+    assert "broker unreachable (connection lost: ConnectionClosed" in warnings[0]
+    assert "closed by the test" in warnings[0]
+    assert not [line for line in lines if line["level"] in {"ERROR", "CRITICAL"}], log
+    assert "NoneType" not in log
 
 
 def test_purge_events_deletes_old_published_events_only(

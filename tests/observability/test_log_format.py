@@ -15,7 +15,13 @@ import pytest
 
 from orders_service.config import ConfigError, Settings
 from orders_service.observability.log_writer import BackgroundLineWriter
-from orders_service.observability.logs import REQUEST_ID, ConsoleFormatter, JsonFormatter, RequestContextFilter
+from orders_service.observability.logs import (
+    REQUEST_ID,
+    BrokerConnectionFailures,
+    ConsoleFormatter,
+    JsonFormatter,
+    RequestContextFilter,
+)
 from orders_service.observability.request_log import RequestLog, request_id_from
 
 # 2026-11-25T21:48:30.398Z
@@ -62,6 +68,46 @@ def test_an_exception_is_one_field_of_the_same_line() -> None:
     assert line["message"] == "failed"
     assert line["exc_info"].startswith("Traceback (most recent call last):")
     assert line["exc_info"].endswith("ValueError: boom")
+
+
+def test_log_exception_outside_an_except_block_writes_no_empty_traceback() -> None:
+    """Libraries do this (aiormq 6 on a connection the broker closed): no ``"exc_info": "NoneType: None"``."""
+    captured = logging.LogRecord("x", logging.ERROR, __file__, 1, "closed", (), (None, None, None))
+    assert "exc_info" not in json.loads(JsonFormatter().format(captured))
+    assert "NoneType" not in ConsoleFormatter().format(captured)
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_aiormqs_broker_connection_failures_are_debug_and_its_other_lines_keep_their_level(level: str) -> None:
+    logger = logging.getLogger("aiormq.connection")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    failures = BrokerConnectionFailures()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.addFilter(failures)
+    logger.setLevel(level)
+    try:
+        logger.error("error when creating transport: %r", ConnectionRefusedError(111, "Connect call failed"))
+        logger.exception(
+            'Unexpected connection close from remote "%s", Connection.Close(reply_code=%r, reply_text=%r)',
+            "amqp://guest:******@broker:5672/",
+            320,
+            "CONNECTION_FORCED - shutdown",
+        )
+        logger.error("Unexpected frame %r", "frame")
+    finally:
+        logger.removeHandler(handler)
+        logger.removeFilter(failures)
+        logger.setLevel(old_level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failures_seen = [("DEBUG", "error when"), ("DEBUG", "Unexpected connection")] if level == "DEBUG" else []
+    assert [(line["level"], " ".join(line["message"].split()[:2])) for line in lines] == [
+        *failures_seen,
+        ("ERROR", "Unexpected frame"),
+    ]
+    assert not [line for line in lines if "exc_info" in line]
 
 
 def test_the_filter_adds_the_current_request_id() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from orders_service.config import Settings
 from orders_service.dev import migrate
 from orders_service.dev.migrate import PROJECT_ROOT
 from tests.support.database import scratch_database
-from tests.support.granian import start_service
+from tests.support.granian import free_port, start_service
 
 # A new user's environment: no DB_* and nothing else of ours (coverage's own variables pass, to measure the run).
 BARE_ENV = {
@@ -90,6 +93,68 @@ def test_a_bad_setting_is_one_line_and_exit_2(args: list[str], env: dict[str, st
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+# The commands that connect to the database and exit: what a new user runs after `dev`.
+ONE_SHOT_COMMANDS = {
+    "purge-idempotency-keys": ["-m", "orders_service.cli", "purge-idempotency-keys"],
+    "purge-events": ["-m", "orders_service.cli", "purge-events"],
+    "alembic upgrade head": ["-m", "alembic", "upgrade", "head"],
+    "dev with DB_* set": ["-m", "orders_service.cli", "dev"],
+}
+
+
+def unreachable(server: Settings, fault: str) -> Settings:
+    """Settings that cannot connect: a port where nothing listens, or a role that does not exist."""
+    if fault == "nothing listens":
+        return Settings.from_env({**server.as_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(free_port())})
+    return Settings.from_env({**server.as_env(), "DB_USER": f"nobody_{uuid.uuid4().hex[:8]}"})
+
+
+def names_what_it_tried(line: str, settings: Settings) -> bool:
+    return (
+        f'database "{settings.db_name}"' in line
+        and f"host {settings.db_host}, port {settings.db_port}," in line
+        and f'role "{settings.db_user}"' in line
+    )
+
+
+@pytest.mark.parametrize("fault", ["nothing listens", "no such role"])
+@pytest.mark.parametrize("command", ONE_SHOT_COMMANDS)
+def test_a_command_that_cannot_connect_says_what_it_tried_in_one_line(
+    server: Settings, command: str, fault: str, tmp_path: Path
+) -> None:
+    settings = unreachable(server, fault)
+    env = {**BARE_ENV, **settings.as_env()}
+    result = run_cli([sys.executable, *ONE_SHOT_COMMANDS[command]], env, cwd=tmp_path if "dev" in command else None)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert len(result.stderr.strip().splitlines()) == 1, output
+    line = result.stderr.strip()
+    assert line.startswith("orders-service: cannot connect to "), line
+    assert names_what_it_tried(line, settings), line
+    expected = "Connection refused" if fault == "nothing listens" else f'role "{settings.db_user}" does not exist'
+    assert expected in line
+    assert "Traceback" not in output
+    assert "ERROR" not in result.stdout
+
+
+@pytest.mark.parametrize("fault", ["nothing listens", "no such role"])
+def test_serve_that_cannot_connect_says_what_it_tried_once_and_serves_503(
+    server: Settings, fault: str, tmp_path: Path
+) -> None:
+    """serve starts anyway (the database may come later): one WARNING line at start, readiness 503."""
+    settings = unreachable(server, fault)
+    env = {**BARE_ENV, **settings.as_env(), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    with start_service(["serve"], env, workers=1, log_dir=tmp_path) as service:
+        ready = httpx.get(f"{service.base_url}/health", timeout=10)
+        log = service.log()
+    assert ready.status_code == 503
+    about_it = [line for line in log.splitlines() if "cannot connect" in line]
+    assert len(about_it) == 1, log
+    assert json.loads(about_it[0])["level"] == "WARNING"
+    assert names_what_it_tried(json.loads(about_it[0])["message"], settings), about_it[0]
+    assert "Traceback" not in log
+
+
 @pytest.mark.parametrize("hours", ["abc", "1.5", "12"])
 def test_purge_explains_what_it_expects(hours: str) -> None:
     result = run_cli(
@@ -144,6 +209,19 @@ def test_dev_runs_the_service_with_nothing_configured(tmp_path: Path) -> None:
         assert order.status_code == 200
         assert order.json()["total_cents"] == 2 * 1299
         log = server.log()
+        # The README's next step: the other commands, pointed at dev's database by the line it printed.
+        dev_database = dict(
+            assignment.split("=", 1)
+            for assignment in shlex.split(log.split("reach its database with: ", 1)[1].splitlines()[0])
+        )
+        maintenance = {
+            command: run_cli([sys.executable, *ONE_SHOT_COMMANDS[command]], {**BARE_ENV, **dev_database})
+            for command in ("alembic upgrade head", "purge-idempotency-keys", "purge-events")
+        }
+    assert sorted(dev_database) == ["DB_HOST", "DB_NAME", "DB_PASS", "DB_PORT", "DB_USER"]
+    for command, result in maintenance.items():
+        assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
+    assert "deleted 0 idempotency key(s)" in maintenance["purge-idempotency-keys"].stdout
     assert server.process.returncode == 0
     assert (tmp_path / ".devdb" / "pgdata" / "PG_VERSION").exists()
     pgdata = str(tmp_path / ".devdb" / "pgdata")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import get_args
 
@@ -16,6 +19,7 @@ from sqlalchemy import Engine, text
 from orders_service.app import create_app
 from orders_service.causes import UnavailableCause
 from orders_service.config import Settings
+from orders_service.dev.migrate import PROJECT_ROOT
 from tests.conftest import Catalog
 from tests.support.granian import GranianServer, free_port, start_granian
 from tests.support.scrape import requests_total, scrape
@@ -37,6 +41,36 @@ def test_readme_quick_test_flow(granian: GranianServer, catalog: Catalog) -> Non
         assert mine.status_code == 200
         assert mine.json() == [created.json()]
         assert client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}).status_code == 401
+
+
+def api_doc_paging_example() -> str:
+    """The shell example of docs/api.md that walks every page of GET /orders/me."""
+    blocks = re.findall(r"```bash\n(.*?)```", (PROJECT_ROOT / "docs" / "api.md").read_text(encoding="utf-8"), re.DOTALL)
+    return str(next(block for block in blocks if "while [ -n" in block))
+
+
+@pytest.mark.parametrize("orders", [0, 1, 2, 5], ids=lambda n: f"{n} orders, pages of 2")
+def test_the_paging_example_of_the_api_docs_walks_every_page_once(
+    granian: GranianServer, catalog: Catalog, orders: int
+) -> None:
+    catalog.add(1, stock=100)
+    user = f"pager-{uuid.uuid4().hex[:8]}"
+    placed = [
+        httpx.post(
+            f"{granian.base_url}/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={"X-User": user}
+        ).json()["id"]
+        for _ in range(orders)
+    ]
+    script = (
+        api_doc_paging_example()
+        .replace("http://localhost:8000", granian.base_url)
+        .replace("X-User: alice", f"X-User: {user}")
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    pages = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(isinstance(page, list) and len(page) <= 2 for page in pages), result.stdout
+    assert [order["id"] for page in pages for order in page] == placed[::-1]
 
 
 def test_metrics_use_the_contract_names_and_labels_across_two_workers(granian: GranianServer, catalog: Catalog) -> None:

@@ -36,14 +36,27 @@ async def require_broker() -> str:
     return url
 
 
-def rabbitmqctl(*args: str) -> None:
+def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` on the broker's host; its standard output."""
     binary = shutil.which("rabbitmqctl") or (
         "/usr/sbin/rabbitmqctl" if os.path.exists("/usr/sbin/rabbitmqctl") else None
     )
     if binary is None:
         unavailable("rabbitmqctl is not installed")
-        return
-    subprocess.run([binary, *args], check=True, capture_output=True, timeout=120)
+        return ""
+    return subprocess.run([binary, *args], check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+def close_connection_named(name: str, reason: str) -> None:
+    """Have the broker close the connection whose client named itself ``name`` (aiormq's ``?name=``)."""
+    for line in rabbitmqctl(
+        "list_connections", "--no-table-headers", "--quiet", "pid", "client_properties"
+    ).splitlines():
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in properties:
+            rabbitmqctl("close_connection", pid, reason)
+            return
+    raise AssertionError(f"no broker connection named {name!r}")
 
 
 @dataclass

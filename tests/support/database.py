@@ -68,13 +68,14 @@ def postgres_server() -> Iterator[Settings]:
             yield Settings.from_env(env)
 
 
-def _admin_connect(server: Settings) -> psycopg.Connection:
+def connect_as(settings: Settings) -> psycopg.Connection:
+    """An autocommit connection as the role of ``settings`` (the admin, or any role the tests set up)."""
     return psycopg.connect(
-        host=server.db_host,
-        port=server.db_port,
-        user=server.db_user,
-        password=server.db_pass,
-        dbname=server.db_name,
+        host=settings.db_host,
+        port=settings.db_port,
+        user=settings.db_user,
+        password=settings.db_pass,
+        dbname=settings.db_name,
         autocommit=True,
     )
 
@@ -98,14 +99,14 @@ def provisioned_database(
     """A scratch database set up the way the README tells a platform team to.
 
     The DBA (admin) creates the owner and runtime roles and the empty schema ``db_schema``
-    owned by the owner; the catalog team's ``products`` table exists; the owner runs the
-    migrations; the grants of ``orders-service print-grants`` are applied. The runtime role's
-    TimeZone is not UTC.
+    owned by the owner; the catalog team's ``products`` table exists (the admin plays the catalog
+    team); the owner runs the migrations; each part of ``orders-service print-grants`` is applied
+    by the role it is for. The runtime role's TimeZone is not UTC.
     """
     suffix = uuid.uuid4().hex[:10]
     owner_role, runtime_role = f"orders_owner_{suffix}", f"orders_app_{suffix}"
     password = uuid.uuid4().hex
-    with _admin_connect(server) as connection:
+    with connect_as(server) as connection:
         for role in (owner_role, runtime_role):
             connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
         connection.execute(f"ALTER ROLE {runtime_role} SET TimeZone = '{RUNTIME_TIME_ZONE}'")
@@ -117,30 +118,38 @@ def provisioned_database(
             as_role = {**admin.as_env(), "DB_PASS": password}
             owner = Settings.from_env({**as_role, "DB_USER": owner_role})
             runtime = Settings.from_env({**as_role, "DB_USER": runtime_role})
-            with _admin_connect(admin) as connection:
+            with connect_as(admin) as connection:
                 connection.execute(f'CREATE SCHEMA "{db_schema}" AUTHORIZATION {owner_role}')
             engine = create_engine(admin.database_url)
             with engine.begin() as connection:
                 create_products_table(connection, admin)
             engine.dispose()
             migrate.upgrade(owner)
-            with _admin_connect(admin) as connection:
-                connection.execute(grants_sql(admin, runtime_role).encode())
+            grant_as_schema_owner(owner, runtime_role)
+            with connect_as(admin) as connection:
+                connection.execute(grants_sql(admin, runtime_role, "dba").encode())
+                connection.execute(grants_sql(admin, runtime_role, "catalog-team").encode())
             yield ProvisionedDatabase(admin=admin, owner=owner, runtime=runtime)
     finally:
-        with _admin_connect(server) as connection:
+        with connect_as(server) as connection:
             for role in (owner_role, runtime_role):
                 connection.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def grant_as_schema_owner(owner: Settings, runtime_role: str) -> None:
+    """The schema owner's part of ``print-grants``, run by the owner, as after every migration."""
+    with connect_as(owner) as connection:
+        connection.execute(grants_sql(owner, runtime_role, "schema-owner").encode())
 
 
 @contextlib.contextmanager
 def scratch_database(server: Settings) -> Iterator[Settings]:
     """A new, empty database on ``server``, dropped afterwards; yields settings that point at it."""
     name = f"orders_test_{uuid.uuid4().hex[:12]}"
-    with _admin_connect(server) as connection:
+    with connect_as(server) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     try:
         yield Settings.from_env({**server.as_env(), "DB_NAME": name})
     finally:
-        with _admin_connect(server) as connection:
+        with connect_as(server) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
