@@ -40,7 +40,7 @@ class RelayWakeUp:
         self._local_relay = local_relay
         self._params = {"channel": settings.outbox_channel}
         self._interval = settings.events_notify_interval_ms / 1000
-        self._pending = asyncio.Event()
+        self._pending: asyncio.Event | None = None  # made by start(): an Event belongs to one event loop
         self._task: asyncio.Task[None] | None = None
 
     def event_committed(self) -> None:
@@ -48,24 +48,25 @@ class RelayWakeUp:
         relay = self._local_relay
         if relay is not None and relay.holds_lease:
             relay.wake()
-        else:
+        elif self._pending is not None:
             self._pending.set()
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._notify_while_pending(), name="outbox-wake-up")
+            self._pending = asyncio.Event()
+            self._task = asyncio.create_task(self._notify_while_pending(self._pending), name="outbox-wake-up")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
+            self._task = self._pending = None
 
-    async def _notify_while_pending(self) -> None:
+    async def _notify_while_pending(self, pending: asyncio.Event) -> None:
         while True:
-            await self._pending.wait()
-            self._pending.clear()
+            await pending.wait()
+            pending.clear()
             try:
                 await self._runner.run([Step(NOTIFY, self._params)], writes=False)
             except (DatabaseUnavailable, StatementFailed) as exc:  # the relay's poll publishes the events anyway
