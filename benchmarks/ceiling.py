@@ -61,7 +61,6 @@ def create_script(settings: Settings, products: int, *, hot: bool = False) -> st
             "idempotency_key": "NULL",
             "product_ids": f"ARRAY[{ids}]",
             "qtys": f"ARRAY[{', '.join(['1'] * (1 if hot else products))}]",
-            "outbox_channel": f"'{settings.outbox_channel}'",
             "wait_for": "1" if hot else ":p0",  # as the service: waits for the first product's row only
         },
     )

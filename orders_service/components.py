@@ -39,7 +39,8 @@ class WorkerComponents:
             pool_name=metrics.REQUEST_POOL,
         )
         gate = ProductGate(settings.product_gate_limit, timeout=settings.db_lock_timeout_ms / 1000)
-        store = OrderStore(runner, settings.outbox_channel)
+        store = OrderStore(runner)
+        events = RelayInServe(settings, runner)
         readiness_runner = TransactionRunner(
             readiness_engine(settings),
             settings,
@@ -53,8 +54,8 @@ class WorkerComponents:
             readiness_runner=readiness_runner,
             readiness=ReadinessProbe(readiness_runner, timeout=settings.health_timeout),
             gate=gate,
-            orders=OrderService(store, gate),
-            events=RelayInServe(settings),
+            orders=OrderService(store, gate, on_event_committed=events.event_committed),
+            events=events,
         )
 
     @property

@@ -65,6 +65,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     events_lease_ttl_ms: Annotated[int, msgspec.Meta(ge=500, le=600_000)] = 5_000
     events_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     events_linger_ms: Annotated[int, msgspec.Meta(ge=0, le=1_000)] = 100
+    events_notify_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = 20
     events_retention_hours: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 168
 
     @classmethod

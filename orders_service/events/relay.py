@@ -6,10 +6,11 @@ only what the broker confirmed, in outbox id order. Only the lease holder publis
 events leave in the order they were written. Another relay takes over when the holder's lease
 expires (``EVENTS_LEASE_TTL_MS``), e.g. because its process died.
 
-The holder wakes on ``NOTIFY`` (sent by the order's statement at commit) on a direct connection of
-its own when ``EVENTS_LISTEN`` is on, and polls every ``EVENTS_POLL_INTERVAL_MS`` in any case, which
-is what works behind PgBouncer. A broker or database fault is counted, logged once, and retried
-after a bounded back-off; it never reaches the request path, which only writes the outbox.
+The holder wakes on ``NOTIFY`` (sent after the order's commit, ``wake_up.py``) on a direct
+connection of its own when ``EVENTS_LISTEN`` is on, in-process when the order was placed in its
+own worker, and polls every ``EVENTS_POLL_INTERVAL_MS`` in any case, which is what works behind
+PgBouncer. A broker or database fault is counted, logged once, and retried after a bounded
+back-off; it never reaches the request path, which only writes the outbox.
 """
 
 from __future__ import annotations
@@ -89,6 +90,15 @@ class Relay:
     @property
     def holder(self) -> str:
         return self.outbox.holder
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this relay is the one that publishes now."""
+        return self._held
+
+    def wake(self) -> None:
+        """An event was committed: publish it without waiting for the next poll."""
+        self._wake.set()
 
     def stop(self) -> None:
         self._stopping.set()

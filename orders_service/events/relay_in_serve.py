@@ -6,7 +6,9 @@ import asyncio
 import logging
 
 from orders_service.config import Settings
+from orders_service.db.transactions import TransactionRunner
 from orders_service.events.relay import Relay
+from orders_service.events.wake_up import RelayWakeUp
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +24,17 @@ class RelayInServe:
 
     STOP_TIMEOUT = 10.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, runner: TransactionRunner) -> None:
+        """``runner``: the request path's, which sends the NOTIFYs that wake the relay wherever it runs."""
         self.settings = settings
         enabled = bool(settings.amqp_url) and settings.events_relay_in_serve
         self.relay = Relay(settings) if enabled else None
+        self.wake_up = RelayWakeUp(settings, runner, self.relay)
         self._task: asyncio.Task[None] | None = None
+
+    def event_committed(self) -> None:
+        """An order or a cancellation committed its event: wake the relay that publishes."""
+        self.wake_up.event_committed()
 
     @property
     def state(self) -> str:
@@ -38,10 +46,12 @@ class RelayInServe:
         return self.relay.state
 
     async def start(self) -> None:
+        await self.wake_up.start()
         if self.relay is not None and self._task is None:
             self._task = asyncio.create_task(self.relay.run(), name="outbox-relay")
 
     async def stop(self) -> None:
+        await self.wake_up.stop()
         if self.relay is None or self._task is None:
             return
         self.relay.stop()

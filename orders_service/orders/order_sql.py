@@ -64,20 +64,19 @@ _key = bindparam("idempotency_key", type_=String)
 _product_ids = bindparam("product_ids", type_=ARRAY(Integer))
 _qtys = bindparam("qtys", type_=ARRAY(Integer))
 _order_id = bindparam("order_id", type_=BigInteger)
-_channel = bindparam("outbox_channel", type_=String)
 _wait_for = bindparam("wait_for", type_=Integer)
 
 
 def _record_event(order_ids: Select[Any], event_type: str, name: str) -> Any:
     """The outbox row of an event, in the statement that makes the change: one row per order id selected.
 
-    ``pg_notify`` in RETURNING wakes a listening relay when the transaction commits (never before,
-    never after a rollback); RETURNING of a data-modifying CTE is computed even when nothing reads it.
+    No ``pg_notify`` here: PostgreSQL serialises the commits of all transactions that sent a NOTIFY
+    (one database-wide lock, held while the commit is flushed: with 1 ms flushes, 631 tx/s instead
+    of 15,520 in pgbench). The relay is woken after the commit instead (``events.wake_up``).
     """
     return (
         insert(_outbox)
         .from_select(["order_id", "type"], order_ids.add_columns(literal_column(f"'{event_type}'")))
-        .returning(func.pg_notify(_channel, literal_column("''")))
         .cte(name)
     )
 

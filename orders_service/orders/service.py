@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 from litestar.exceptions import NotFoundException
@@ -47,9 +47,13 @@ def _ids(product_ids: Iterable[int]) -> str:
 
 
 class OrderService:
-    def __init__(self, orders: OrderStore, gate: ProductGate) -> None:
+    def __init__(
+        self, orders: OrderStore, gate: ProductGate, *, on_event_committed: Callable[[], None] = lambda: None
+    ) -> None:
+        """``on_event_committed``: called after each commit that wrote an event to the outbox (it wakes the relay)."""
         self.orders = orders
         self.gate = gate
+        self._on_event_committed = on_event_committed
 
     async def place_order(
         self, user_id: str, lines: Iterable[OrderLine], idempotency_key: str | None = None
@@ -75,6 +79,7 @@ class OrderService:
             metrics.BUSY_PRODUCT_RETRIES.inc()
         if outcome.order is not None:
             metrics.ORDERS_CREATED.inc()
+            self._on_event_committed()
             return outcome.order, False
         if outcome.replay_of is not None:
             if outcome.stored_hash != fingerprint:
@@ -102,6 +107,7 @@ class OrderService:
                 outcome = await self._cancel_once(user_id, order_id, wait_for=wait_for)
         if outcome.cancelled_now:
             metrics.ORDERS_CANCELLED.inc()
+            self._on_event_committed()
         return outcome.order
 
     async def _cancel_once(self, user_id: str, order_id: int, *, wait_for: int | None) -> CancelOutcome:

@@ -42,10 +42,8 @@ class CancelOutcome:
 class OrderStore:
     """Orders, their items, the stock they reserve and the idempotency keys that name them: the request path's SQL."""
 
-    def __init__(self, runner: TransactionRunner, outbox_channel: str) -> None:
-        """``outbox_channel``: the NOTIFY channel that wakes the relay when an event is committed."""
+    def __init__(self, runner: TransactionRunner) -> None:
         self.runner = runner
-        self.outbox_channel = outbox_channel
 
     async def place_order(
         self,
@@ -67,7 +65,6 @@ class OrderStore:
             "idempotency_key": idempotency_key,
             "product_ids": list(wanted),
             "qtys": list(wanted.values()),
-            "outbox_channel": self.outbox_channel,
             "wait_for": wait_for,
         }
         steps = [Step(PLACE_ORDER, params)]
@@ -94,7 +91,7 @@ class OrderStore:
         Waits for ``wait_for``'s row only (None: for no product's); ``busy`` names the products another
         transaction held (then nothing changed: try again, waiting for one of them).
         """
-        params = {"owner": user_id, "order_id": order_id, "outbox_channel": self.outbox_channel, "wait_for": wait_for}
+        params = {"owner": user_id, "order_id": order_id, "wait_for": wait_for}
         ((rows,)) = await self.runner.run([Step(CANCEL_ORDER, params)], writes=True)
         if not rows:
             return None
