@@ -37,29 +37,42 @@ def service(settings: Settings, catalog: Catalog, tmp_path: Path) -> Iterator[Gr
         yield server
 
 
-async def measure(server: GranianServer) -> tuple[WrkResult, WrkResult, Counter[int]]:
-    """Orders for the other products and for the held one at once, readiness probed meanwhile."""
-    others = start_wrk(
-        server.base_url, "orders_of_products.lua", [str(p) for p in OTHERS], connections=CONNECTIONS, seconds=WINDOW
-    )
-    held = start_wrk(server.base_url, "orders_of_products.lua", [str(HELD)], connections=CONNECTIONS, seconds=WINDOW)
+Load = tuple[str, list[str], int]  # a wrk script, its arguments, its connections
+
+
+async def measure(server: GranianServer, first: Load, second: Load) -> tuple[WrkResult, WrkResult, Counter[int]]:
+    """Two loads at once for ``WINDOW`` seconds, readiness probed meanwhile."""
+    running = [
+        start_wrk(server.base_url, script, args, connections=connections, seconds=WINDOW)
+        for script, args, connections in (first, second)
+    ]
     health: Counter[int] = Counter()
     end = time.monotonic() + WINDOW
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
         while time.monotonic() < end:
             health[(await client.get("/health")).status_code] += 1
             await asyncio.sleep(0.2)  # a probe's period
-    return await asyncio.to_thread(finish_wrk, others), await asyncio.to_thread(finish_wrk, held), health
+    first_result, second_result = [await asyncio.to_thread(finish_wrk, process) for process in running]
+    return first_result, second_result, health
+
+
+async def measure_held_alone(server: GranianServer) -> tuple[WrkResult, WrkResult, Counter[int]]:
+    """Orders for the other products, and orders for the held one alone."""
+    return await measure(
+        server,
+        ("orders_of_products.lua", [str(p) for p in OTHERS], CONNECTIONS),
+        ("orders_of_products.lua", [str(HELD)], CONNECTIONS),
+    )
 
 
 async def test_a_held_product_leaves_other_products_their_throughput_and_readiness(
     service: GranianServer, engine: Engine, settings: Settings
 ) -> None:
-    await measure(service)  # warm-up: connections opened, statements prepared
-    free_others, free_held, _ = await measure(service)
+    await measure_held_alone(service)  # warm-up: connections opened, statements prepared
+    free_others, free_held, _ = await measure_held_alone(service)
     with engine.connect() as other_writer:
         other_writer.execute(text(f"SELECT 1 FROM {settings.catalog_schema}.products WHERE id = {HELD} FOR UPDATE"))
-        held_others, held_held, health = await measure(service)
+        held_others, held_held, health = await measure_held_alone(service)
         other_writer.rollback()
 
     ratio = held_others.ok_per_second / free_others.ok_per_second
@@ -87,29 +100,13 @@ MIXED_STOCK = 100_000_000
 
 
 async def measure_mixed(server: GranianServer) -> tuple[WrkResult, WrkResult, Counter[int]]:
-    """The steady clients and the mixers at once, readiness probed meanwhile."""
+    """The steady clients (never the held product) and the mixers (a share of their orders take it too)."""
     first, last = (str(p) for p in MIXED_OTHERS)
-    steady = start_wrk(
-        server.base_url,
-        "orders_mixing_in.lua",
-        [first, last, str(MIXED), "0"],
-        connections=STEADY_CONNECTIONS,
-        seconds=WINDOW,
+    return await measure(
+        server,
+        ("orders_mixing_in.lua", [first, last, str(MIXED), "0"], STEADY_CONNECTIONS),
+        ("orders_mixing_in.lua", [first, last, str(MIXED), str(MIXED_SHARE_PERCENT)], MIXER_CONNECTIONS),
     )
-    mixers = start_wrk(
-        server.base_url,
-        "orders_mixing_in.lua",
-        [first, last, str(MIXED), str(MIXED_SHARE_PERCENT)],
-        connections=MIXER_CONNECTIONS,
-        seconds=WINDOW,
-    )
-    health: Counter[int] = Counter()
-    end = time.monotonic() + WINDOW
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
-        while time.monotonic() < end:
-            health[(await client.get("/health")).status_code] += 1
-            await asyncio.sleep(0.2)  # a probe's period
-    return await asyncio.to_thread(finish_wrk, steady), await asyncio.to_thread(finish_wrk, mixers), health
 
 
 async def test_a_held_product_mixed_into_other_orders_stalls_only_the_orders_that_contain_it(
