@@ -94,8 +94,9 @@ class OrderController(Controller):
         responses={
             400: _problem(
                 "Unknown product(s) (`reason: missing_product`), insufficient stock (`insufficient_stock`), "
-                "a total beyond bigint (`total_too_large`), an invalid body (`errors`), malformed JSON, "
-                "or a bad X-User / Idempotency-Key header."
+                "a total beyond bigint (`total_too_large`), lines of one product whose quantities add up beyond "
+                "2147483647 (`quantity_too_large`), an invalid body (`errors`), malformed JSON (a key given twice "
+                "in an object included), or a bad X-User / Idempotency-Key header."
             ),
             413: _problem("The body is larger than 64 KiB."),
             415: _problem("The body is not declared as application/json."),
