@@ -70,8 +70,8 @@ class OrderService:
         """
         try:
             wanted = combine_lines(lines)
-        except OrderRejected as rejected:
-            metrics.ORDER_CREATE_FAILURES.labels(reason=rejected.reason).inc()
+        except OrderRejected as refused:
+            metrics.ORDER_CREATE_FAILURES.labels(reason=refused.reason).inc()
             raise
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()

@@ -238,7 +238,7 @@ def rejected_for_quantity() -> float:
     return REGISTRY.get_sample_value("order_create_failures_total", {"reason": "quantity_too_large"}) or 0.0
 
 
-COMBINED_OVERFLOWS: dict[str, tuple[list[dict[str, int]], list[int]]] = {
+COMBINED_OVERFLOWS: dict[str, tuple[list[dict[str, object]], list[int]]] = {
     # name: (lines, the products named)
     "max and 2": ([line(1, INT_MAX), line(1, 2)], [1]),
     "100 lines of max": ([line(1, INT_MAX)] * 100, [1]),
