@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
+from orders_service.api.get_and_head import get_and_head
 from orders_service.api.request_checks import IDEMPOTENCY_KEY_HEADER, check_order_request
 from orders_service.api.user_guard import GATEWAY_USER_SCHEME, User, require_user
 from orders_service.db.models import IDEMPOTENCY_KEY_MAX_LENGTH
@@ -118,7 +119,7 @@ class OrderController(Controller):
         order, replayed = await orders.place_order(request.user.id, data.items, idempotency_key)
         return Response(order, headers={REPLAY_HEADER: "true"} if replayed else None)
 
-    @get(
+    @get_and_head(
         "/me",
         operation_id="listMyOrders",
         summary="List my orders",
@@ -158,7 +159,7 @@ class OrderController(Controller):
             headers = {"Link": f'<{request.url.path}?limit={limit}&cursor={next_cursor}>; rel="next"'}
         return Response(page, headers=headers)
 
-    @get(
+    @get_and_head(
         "/{order_id:int}",
         operation_id="getOrder",
         summary="Get one of my orders",
