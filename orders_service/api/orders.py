@@ -11,7 +11,13 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from orders_service.api.get_and_head import get_and_head
-from orders_service.api.request_checks import IDEMPOTENCY_KEY_HEADER, check_order_request
+from orders_service.api.request_checks import (
+    IDEMPOTENCY_KEY_HEADER,
+    check_cancel_request,
+    check_listing_query,
+    check_order_request,
+    check_order_url,
+)
 from orders_service.api.user_guard import GATEWAY_USER_SCHEME, User, require_user
 from orders_service.db.models import IDEMPOTENCY_KEY_MAX_LENGTH
 from orders_service.orders.cursor import MAX_CURSOR_LENGTH
@@ -36,8 +42,9 @@ IdempotencyKeyHeader = Annotated[
         ),
     ),
 ]
-# 2**53 - 1: the largest id every JSON client reads exactly; identity ids never get near it.
-OrderId = Annotated[int, PathParameter(ge=1, le=2**53 - 1, description="The order's id.")]
+# 2**53 - 1: the largest id every JSON client reads exactly; identity ids never get near it. The route
+# declares the parameter a string so that check_order_url sees its spelling (only plain decimal names an order).
+OrderId = Annotated[int, PathParameter(ge=1, le=2**53 - 1, description="The order's id, in plain decimal.")]
 
 
 def _problem(description: str) -> ResponseSpec:
@@ -59,8 +66,11 @@ COMMON_ERRORS = {
 
 
 ORDER_ID_ERRORS = {
-    400: _problem("Bad order id or X-User header."),
-    404: _problem("No such order for this user (missing or someone else's)."),
+    400: _problem("An order id outside 1..2^53-1, or a bad X-User header."),
+    404: _problem(
+        "No such order for this user (missing or someone else's), or an id not spelled in plain decimal "
+        "(`+1`, `01`, `1_000`, non-ASCII digits, a trailing slash)."
+    ),
     **COMMON_ERRORS,
 }
 CANCEL_ERRORS = {
@@ -121,6 +131,7 @@ class OrderController(Controller):
 
     @get_and_head(
         "/me",
+        before_request=check_listing_query,
         operation_id="listMyOrders",
         summary="List my orders",
         response_headers=[
@@ -133,7 +144,12 @@ class OrderController(Controller):
                 required=False,
             )
         ],
-        responses={400: _problem("Bad `limit` or `cursor`, or a bad X-User header."), **COMMON_ERRORS},
+        responses={
+            400: _problem(
+                "Bad `limit` (plain decimal digits, 1-200) or `cursor`, either given twice, or a bad X-User header."
+            ),
+            **COMMON_ERRORS,
+        },
     )
     async def list_my_orders(
         self,
@@ -160,7 +176,8 @@ class OrderController(Controller):
         return Response(page, headers=headers)
 
     @get_and_head(
-        "/{order_id:int}",
+        "/{order_id:str}",
+        before_request=check_order_url,
         operation_id="getOrder",
         summary="Get one of my orders",
         responses=ORDER_ID_ERRORS,
@@ -172,7 +189,8 @@ class OrderController(Controller):
         return await orders.get_order(request.user.id, order_id)
 
     @post(
-        "/{order_id:int}/cancel",
+        "/{order_id:str}/cancel",
+        before_request=check_cancel_request,
         status_code=200,
         operation_id="cancelOrder",
         summary="Cancel one of my orders",

@@ -1,4 +1,4 @@
-"""Checks of an order request's framing before its body is decoded: Content-Type, an empty body, Idempotency-Key."""
+"""Checks of a request before its handler runs: its URL; an order's framing before its body is decoded."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Any
 
 from litestar import Request
 from litestar.exceptions import HTTPException, ValidationException
+
+from orders_service.api.url_checks import require_canonical_order_id, require_plain_query
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 
@@ -32,3 +34,18 @@ async def check_order_request(request: Request[Any, Any, Any]) -> None:
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {media_type or 'nothing'!r}")
     if not await request.body():
         raise ValidationException('the request body is empty; send {"items": [{"product_id": …, "qty": …}]}')
+
+
+async def check_order_url(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` of ``GET|HEAD /orders/{order_id}``."""
+    require_canonical_order_id(request)
+
+
+async def check_cancel_request(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` of ``POST /orders/{order_id}/cancel``."""
+    require_canonical_order_id(request)
+
+
+async def check_listing_query(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` of ``GET|HEAD /orders/me``."""
+    require_plain_query(request, numbers=("limit",), texts=("cursor",))

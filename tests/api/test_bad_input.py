@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import pytest
@@ -277,3 +278,69 @@ async def test_lines_adding_up_to_exactly_the_largest_integer_are_one_item(clien
     cancelled = await client.post(f"/orders/{response.json()['id']}/cancel", headers=JSON_ALICE)
     assert cancelled.status_code == 200
     assert catalog.stock(1) == INT_MAX
+
+
+def other_spellings(order_id: int) -> dict[str, tuple[str, str]]:
+    """Other URLs of ``order_id`` and of its cancel, that Python's int() or a lenient router reads as the order's.
+
+    Percent-encoded as a client sends them.
+    """
+    digits = str(order_id)
+    segments = {
+        "plus sign": f"%2B{digits}",
+        "leading zero": f"0{digits}",
+        "underscore": f"0_{digits}",
+        "leading space": f"%20{digits}",
+        "trailing space": f"{digits}%20",
+        "tab": f"%09{digits}",
+        "arabic-indic digits": quote("".join(chr(0x0660 + int(digit)) for digit in digits)),
+        "fullwidth digits": quote("".join(chr(0xFF10 + int(digit)) for digit in digits)),
+        "percent-encoded digits": "".join(f"%{ord(digit):02X}" for digit in digits),
+    }
+    spellings = {name: (f"/orders/{segment}", f"/orders/{segment}/cancel") for name, segment in segments.items()}
+    spellings["trailing slash"] = (f"/orders/{digits}/", f"/orders/{digits}/cancel/")
+    spellings["doubled slash"] = (f"/orders//{digits}", f"/orders//{digits}/cancel")
+    spellings["encoded slash"] = (f"/orders/{digits}%2F", f"/orders/{digits}%2Fcancel")
+    return spellings
+
+
+@pytest.mark.parametrize("spelling", list(other_spellings(1)))
+async def test_an_order_has_one_url_other_spellings_are_404(client: Client, catalog: Catalog, spelling: str) -> None:
+    catalog.add(1, stock=10)
+    order = (await client.post("/orders", json={"items": [line(1, 2)]}, headers=JSON_ALICE)).json()
+    read_path, cancel_path = other_spellings(order["id"])[spelling]
+    missing = await client.get(f"/orders/{order['id'] + 1000}", headers=JSON_ALICE)
+
+    read = await client.get(read_path, headers=JSON_ALICE)
+    cancel = await client.post(cancel_path, headers=JSON_ALICE)
+
+    assert read.status_code == 404, read.text
+    assert read.json().keys() == missing.json().keys()
+    assert read.json()["title"] == missing.json()["title"]
+    assert cancel.status_code == 404, cancel.text
+    assert catalog.stock(1) == 8
+    assert (await client.get(f"/orders/{order['id']}", headers=JSON_ALICE)).json()["status"] == "placed"
+
+
+BAD_LIMITS = ["%2B5", "%D9%A5", "1_0", "1e1", "10.0", "%205", "05", "0x5", "5%20", "", "5&limit=6"]
+
+
+@pytest.mark.parametrize("limit", BAD_LIMITS)
+async def test_limit_is_plain_decimal_given_once(client: Client, catalog: Catalog, limit: str) -> None:
+    response = await client.get(f"/orders/me?limit={limit}", headers=JSON_ALICE)
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["key"] == "limit"
+    assert response.json()["errors"][0]["source"] == "query"
+
+
+async def test_cursor_given_twice_is_400(client: Client, catalog: Catalog) -> None:
+    response = await client.get("/orders/me?cursor=a&cursor=b", headers=JSON_ALICE)
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"message": "`cursor` given more than once", "key": "cursor", "source": "query"}
+    ]
+
+
+async def test_plain_limits_and_unknown_parameters_are_accepted(client: Client, catalog: Catalog) -> None:
+    for query in ("limit=5", "limit=200", "limit=1&other=x", "other=1&other=2"):
+        assert (await client.get(f"/orders/me?{query}", headers=JSON_ALICE)).status_code == 200, query

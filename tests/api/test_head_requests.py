@@ -58,6 +58,12 @@ def test_head_answers_as_get_without_a_body(granian: GranianServer, order_id: in
     assert head_headers["x-request-id"]
 
 
+def test_head_of_an_order_under_another_spelling_is_404(granian: GranianServer, order_id: int) -> None:
+    assert httpx.head(f"{granian.base_url}/orders/%2B{order_id}", headers=ALICE).status_code == 404
+    assert httpx.head(f"{granian.base_url}/orders/me?limit=1e1", headers=ALICE).status_code == 400
+    assert httpx.head(f"{granian.base_url}/orders/{order_id}").status_code == 401
+
+
 def test_head_is_counted_under_its_own_method_and_writes_nothing(granian: GranianServer, catalog: Catalog) -> None:
     before = scrape(granian)
     for url, expected in (("/orders/me", 200), ("/orders", 405)):
