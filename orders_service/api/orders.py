@@ -65,6 +65,13 @@ COMMON_ERRORS = {
 }
 
 
+BODY_ERRORS = {
+    408: _problem("The body did not arrive within `BODY_READ_TIMEOUT` seconds; the connection is closed."),
+    499: _problem(
+        "The body ended early: the connection closed before its end (the client left: it reads no answer, the "
+        "status is for the logs and metrics, as nginx's 499), or its chunked framing is broken. Nothing was written."
+    ),
+}
 ORDER_ID_ERRORS = {
     400: _problem("An order id outside 1..2^53-1, or a bad X-User header."),
     404: _problem(
@@ -75,7 +82,10 @@ ORDER_ID_ERRORS = {
 }
 CANCEL_ERRORS = {
     **ORDER_ID_ERRORS,
+    400: _problem("An order id outside 1..2^53-1, a bad X-User header, or a transfer coding other than chunked."),
     409: _problem("Restocking would push a product's stock beyond the largest integer; nothing changed."),
+    413: _problem("A body (the operation takes none) larger than 64 KiB."),
+    **BODY_ERRORS,
 }
 
 
@@ -107,11 +117,13 @@ class OrderController(Controller):
                 "Unknown product(s) (`reason: missing_product`), insufficient stock (`insufficient_stock`), "
                 "a total beyond bigint (`total_too_large`), lines of one product whose quantities add up beyond "
                 "2147483647 (`quantity_too_large`), an invalid body (`errors`), malformed JSON (a key given twice "
-                "in an object included), or a bad X-User / Idempotency-Key header."
+                "in an object included), a bad X-User / Idempotency-Key / Content-Type header (or one given twice), "
+                "or a transfer coding other than chunked."
             ),
             413: _problem("The body is larger than 64 KiB."),
-            415: _problem("The body is not declared as application/json."),
+            415: _problem("The body is not declared as application/json, or declared with a Content-Encoding."),
             422: _problem("The Idempotency-Key was already used with a different body."),
+            **BODY_ERRORS,
             **COMMON_ERRORS,
         },
     )

@@ -344,3 +344,14 @@ async def test_cursor_given_twice_is_400(client: Client, catalog: Catalog) -> No
 async def test_plain_limits_and_unknown_parameters_are_accepted(client: Client, catalog: Catalog) -> None:
     for query in ("limit=5", "limit=200", "limit=1&other=x", "other=1&other=2"):
         assert (await client.get(f"/orders/me?{query}", headers=JSON_ALICE)).status_code == 200, query
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "identity, gzip", ""])
+async def test_a_content_coding_is_415(client: Client, catalog: Catalog, coding: str) -> None:
+    """The body is read as it came: a coding the service would not undo is refused (RFC 7694)."""
+    catalog.add(1, stock=10)
+    headers = {**JSON_ALICE, "Content-Encoding": coding}
+    response = await client.post("/orders", content=b'{"items": [{"product_id": 1, "qty": 1}]}', headers=headers)
+    assert response.status_code == 415, response.text
+    assert "Content-Encoding" in response.json()["detail"]
+    assert catalog.order_count() == 0

@@ -20,10 +20,10 @@ from tests.conftest import Catalog
 from tests.support.granian import LIVE_SERVERS, OBSERVED_STATUSES, GranianServer, record_statuses
 
 ERROR_STATUSES = {
-    "placeOrder": {"400", "401", "413", "415", "422", "503"},
+    "placeOrder": {"400", "401", "408", "413", "415", "422", "499", "503"},
     "listMyOrders": {"400", "401", "503"},
     "getOrder": {"400", "401", "404", "503"},
-    "cancelOrder": {"400", "401", "404", "409", "503"},
+    "cancelOrder": {"400", "401", "404", "408", "409", "413", "499", "503"},
 }
 
 
