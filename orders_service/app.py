@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.logging import LoggingConfig
@@ -17,6 +18,7 @@ from orders_service.api.health import HealthController
 from orders_service.api.openapi import complete_document, openapi_config, swagger_assets_router
 from orders_service.api.orders import OrderController
 from orders_service.api.problem_details import problem_details_plugin
+from orders_service.api.request_checks import BODY_READ_TIMEOUT_STATE, CLIENT_CLOSED_REQUEST
 from orders_service.components import WorkerComponents
 from orders_service.config import Settings
 from orders_service.db.engine import sqlalchemy_config
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
             "orders": Provide(lambda: components.orders, sync_to_thread=False, use_cache=True),
         },
         plugins=plugins,
+        state=State({BODY_READ_TIMEOUT_STATE: settings.body_read_timeout}),
         on_startup=[
             *([complete_document] if settings.openapi_enabled else []),
             create_route_series,
@@ -116,10 +119,12 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
                 403,
                 404,
                 405,
+                408,
                 409,
                 413,
                 415,
                 422,
+                CLIENT_CLOSED_REQUEST,
                 OrderRejected,
                 IdempotencyKeyReused,
                 RestockOverflow,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-RejectionReason = Literal["missing_product", "insufficient_stock", "total_too_large"]
+RejectionReason = Literal["missing_product", "insufficient_stock", "total_too_large", "quantity_too_large"]
 UnavailableCause = Literal[
     "database_unavailable",
     "database_timeout",

@@ -20,6 +20,11 @@ def test_settings_defaults_match_the_contract() -> None:
     assert (settings.db_schema, settings.catalog_schema, settings.listen_port) == ("orders", "catalog", 8000)
 
 
+def test_the_body_read_timeout_is_10_seconds_unless_set() -> None:
+    assert Settings.from_env({}).body_read_timeout == 10.0
+    assert Settings.from_env({"BODY_READ_TIMEOUT": "0.5"}).body_read_timeout == 0.5
+
+
 def test_settings_read_from_environment_names() -> None:
     settings = Settings.from_env({"DB_PORT": "6543", "DB_SCHEMA": "shop", "WORKERS": "4", "UNRELATED": "x"})
     assert (settings.db_port, settings.db_schema, settings.workers) == (6543, "shop", 4)
@@ -36,6 +41,9 @@ def test_settings_read_from_environment_names() -> None:
         ("DB_SCHEMA", "orders; DROP TABLE x"),
         ("CATALOG_SCHEMA", "Catalog"),
         ("OPENAPI_ENABLED", "maybe"),
+        ("BODY_READ_TIMEOUT", "0"),
+        ("BODY_READ_TIMEOUT", "301"),
+        ("BODY_READ_TIMEOUT", "soon"),
     ],
 )
 def test_settings_reject_bad_values_naming_the_variable(name: str, value: str) -> None:

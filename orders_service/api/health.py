@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
-from litestar import Controller, Response, get
+from litestar import Controller, Response
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
+from orders_service.api.get_and_head import get_and_head
 from orders_service.api.problem_details import RETRY_AFTER_SECONDS
 from orders_service.components import WorkerComponents
 
@@ -40,7 +41,7 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get(
+    @get_and_head(
         operation_id="readiness",
         summary="Readiness: the database answers and has the service's tables",
         responses={503: ResponseSpec(data_container=Health, description="Not ready; `reason` says why.")},
@@ -60,6 +61,6 @@ class HealthController(Controller):
             )
         return Response(Health("ok", events=components.events.state))
 
-    @get("/live", operation_id="liveness", summary="Liveness: the process serves requests")
+    @get_and_head("/live", operation_id="liveness", summary="Liveness: the process serves requests")
     async def liveness(self) -> Health:
         return LIVE

@@ -2,14 +2,15 @@
 
 Litestar builds the document from the handlers. What it cannot express there is added
 once, at start: the ``Retry-After`` header of every 503, the ``X-Request-ID`` header of every
-response, and a ``default`` problem-details
-response (a URL that matches no route answers 404, a method a path lacks 405, both as
-problem details). Swagger UI's files come from the ``swagger-ui-py`` package and are served
+response, a ``default`` problem-details response (a URL that matches no route answers 404, a
+method a path lacks 405, both as problem details), and HEAD operations without response
+bodies. Swagger UI's files come from the ``swagger-ui-py`` package and are served
 by the service itself, so the docs page works in clusters without internet access.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -86,9 +87,19 @@ def complete_document(app: Litestar) -> None:
     """Startup hook: add to the built document what the handlers cannot declare."""
     document = app.openapi_schema
     for path in (document.paths or {}).values():
-        for operation in (path.get, path.post, path.put, path.patch, path.delete):
+        for operation in (path.get, path.head, path.post, path.put, path.patch, path.delete):
             if operation is not None:
                 _complete_operation(operation, problem_schema=_problem_schema(operation))
+        if path.head is not None:
+            _without_bodies(path.head)
+
+
+def _without_bodies(operation: Operation) -> None:
+    """A HEAD operation answers as its GET does, headers included, without any body."""
+    responses = operation.responses or {}
+    for status, response in responses.items():
+        if isinstance(response, OpenAPIResponse):
+            responses[status] = dataclasses.replace(response, content=None)
 
 
 def _problem_schema(operation: Operation) -> Schema | Reference | None:

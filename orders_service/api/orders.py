@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
-from orders_service.api.request_checks import IDEMPOTENCY_KEY_HEADER, check_order_request
+from orders_service.api.get_and_head import get_and_head
+from orders_service.api.request_checks import (
+    IDEMPOTENCY_KEY_HEADER,
+    check_cancel_request,
+    check_listing_query,
+    check_order_request,
+    check_order_url,
+)
 from orders_service.api.user_guard import GATEWAY_USER_SCHEME, User, require_user
 from orders_service.db.models import IDEMPOTENCY_KEY_MAX_LENGTH
 from orders_service.orders.cursor import MAX_CURSOR_LENGTH
@@ -35,8 +42,9 @@ IdempotencyKeyHeader = Annotated[
         ),
     ),
 ]
-# 2**53 - 1: the largest id every JSON client reads exactly; identity ids never get near it.
-OrderId = Annotated[int, PathParameter(ge=1, le=2**53 - 1, description="The order's id.")]
+# 2**53 - 1: the largest id every JSON client reads exactly; identity ids never get near it. The route
+# declares the parameter a string so that check_order_url sees its spelling (only plain decimal names an order).
+OrderId = Annotated[int, PathParameter(ge=1, le=2**53 - 1, description="The order's id, in plain decimal.")]
 
 
 def _problem(description: str) -> ResponseSpec:
@@ -57,14 +65,27 @@ COMMON_ERRORS = {
 }
 
 
+BODY_ERRORS = {
+    408: _problem("The body did not arrive within `BODY_READ_TIMEOUT` seconds; the connection is closed."),
+    499: _problem(
+        "The body ended early: the connection closed before its end (the client left: it reads no answer, the "
+        "status is for the logs and metrics, as nginx's 499), or its chunked framing is broken. Nothing was written."
+    ),
+}
 ORDER_ID_ERRORS = {
-    400: _problem("Bad order id or X-User header."),
-    404: _problem("No such order for this user (missing or someone else's)."),
+    400: _problem("An order id outside 1..2^53-1, or a bad X-User header."),
+    404: _problem(
+        "No such order for this user (missing or someone else's), or an id not spelled in plain decimal "
+        "(`+1`, `01`, `1_000`, non-ASCII digits, a trailing slash)."
+    ),
     **COMMON_ERRORS,
 }
 CANCEL_ERRORS = {
     **ORDER_ID_ERRORS,
+    400: _problem("An order id outside 1..2^53-1, a bad X-User header, or a transfer coding other than chunked."),
     409: _problem("Restocking would push a product's stock beyond the largest integer; nothing changed."),
+    413: _problem("A body (the operation takes none) larger than 64 KiB."),
+    **BODY_ERRORS,
 }
 
 
@@ -94,12 +115,15 @@ class OrderController(Controller):
         responses={
             400: _problem(
                 "Unknown product(s) (`reason: missing_product`), insufficient stock (`insufficient_stock`), "
-                "a total beyond bigint (`total_too_large`), an invalid body (`errors`), malformed JSON, "
-                "or a bad X-User / Idempotency-Key header."
+                "a total beyond bigint (`total_too_large`), lines of one product whose quantities add up beyond "
+                "2147483647 (`quantity_too_large`), an invalid body (`errors`), malformed JSON (a key given twice "
+                "in an object included), a bad X-User / Idempotency-Key / Content-Type header (or one given twice), "
+                "or a transfer coding other than chunked."
             ),
             413: _problem("The body is larger than 64 KiB."),
-            415: _problem("The body is not declared as application/json."),
+            415: _problem("The body is not declared as application/json, or declared with a Content-Encoding."),
             422: _problem("The Idempotency-Key was already used with a different body."),
+            **BODY_ERRORS,
             **COMMON_ERRORS,
         },
     )
@@ -117,8 +141,9 @@ class OrderController(Controller):
         order, replayed = await orders.place_order(request.user.id, data.items, idempotency_key)
         return Response(order, headers={REPLAY_HEADER: "true"} if replayed else None)
 
-    @get(
+    @get_and_head(
         "/me",
+        before_request=check_listing_query,
         operation_id="listMyOrders",
         summary="List my orders",
         response_headers=[
@@ -131,7 +156,12 @@ class OrderController(Controller):
                 required=False,
             )
         ],
-        responses={400: _problem("Bad `limit` or `cursor`, or a bad X-User header."), **COMMON_ERRORS},
+        responses={
+            400: _problem(
+                "Bad `limit` (plain decimal digits, 1-200) or `cursor`, either given twice, or a bad X-User header."
+            ),
+            **COMMON_ERRORS,
+        },
     )
     async def list_my_orders(
         self,
@@ -157,8 +187,9 @@ class OrderController(Controller):
             headers = {"Link": f'<{request.url.path}?limit={limit}&cursor={next_cursor}>; rel="next"'}
         return Response(page, headers=headers)
 
-    @get(
-        "/{order_id:int}",
+    @get_and_head(
+        "/{order_id:str}",
+        before_request=check_order_url,
         operation_id="getOrder",
         summary="Get one of my orders",
         responses=ORDER_ID_ERRORS,
@@ -170,7 +201,8 @@ class OrderController(Controller):
         return await orders.get_order(request.user.id, order_id)
 
     @post(
-        "/{order_id:int}/cancel",
+        "/{order_id:str}/cancel",
+        before_request=check_cancel_request,
         status_code=200,
         operation_id="cancelOrder",
         summary="Cancel one of my orders",

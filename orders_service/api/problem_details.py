@@ -18,6 +18,7 @@ from litestar.plugins.problem_details import (
     ProblemDetailsPlugin,
 )
 
+from orders_service.api.request_checks import CLIENT_CLOSED_REQUEST
 from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.observability import metrics
 from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow
@@ -44,6 +45,8 @@ def _restock_overflow(exc: RestockOverflow) -> ProblemDetailsException:
     return ProblemDetailsException(status_code=HTTPStatus.CONFLICT, title="Cannot restock", detail=exc.detail)
 
 
+# Statuses the standard does not name: nginx's, for a request the client abandoned.
+_TITLES = {CLIENT_CLOSED_REQUEST: "Client Closed Request"}
 _SOURCE_NAMES = {"body": "body", "header": "headers", "query": "query parameters", "path": "path parameters"}
 
 
@@ -67,7 +70,7 @@ def _http_exception(exc: HTTPException) -> ProblemDetailsException:
         extra = exc.extra
     return ProblemDetailsException(
         status_code=exc.status_code,
-        title=HTTPStatus(exc.status_code).phrase,
+        title=_TITLES.get(exc.status_code) or HTTPStatus(exc.status_code).phrase,
         detail=detail,
         extra=extra,
         headers=exc.headers,

@@ -13,17 +13,25 @@ from orders_service.observability import metrics
 from orders_service.orders.cursor import decode_cursor, encode_cursor
 from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow
 from orders_service.orders.product_gate import ProductGate
-from orders_service.orders.schemas import OrderLine, OrderRead
+from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
 from orders_service.orders.store import CancelOutcome, OrderStore, PlacementOutcome
 
 NUMERIC_VALUE_OUT_OF_RANGE = "22003"
 
 
 def combine_lines(lines: Iterable[OrderLine]) -> dict[int, int]:
-    """Quantities per product id, duplicate lines summed, in ascending product id order."""
+    """Quantities per product id, duplicate lines summed, in ascending product id order.
+
+    Raises OrderRejected (``quantity_too_large``) when a sum exceeds the integer column of
+    ``order_items.qty`` (and of the stock): each line is bounded, their sum is not.
+    """
     combined: dict[int, int] = {}
     for line in lines:
         combined[line.product_id] = combined.get(line.product_id, 0) + line.qty
+    too_large = [product_id for product_id, qty in combined.items() if qty > PG_INT_MAX]
+    if too_large:
+        detail = f"the combined quantity of product id(s) {_ids(too_large)} exceeds {PG_INT_MAX}"
+        raise OrderRejected("quantity_too_large", too_large, detail)
     return dict(sorted(combined.items()))
 
 
@@ -64,7 +72,11 @@ class OrderService:
         ``idempotency_key`` (then nothing new was reserved or written). A rejected order writes
         nothing, its key included, so the same key may be retried.
         """
-        wanted = combine_lines(lines)
+        try:
+            wanted = combine_lines(lines)
+        except OrderRejected as refused:
+            metrics.ORDER_CREATE_FAILURES.labels(reason=refused.reason).inc()
+            raise
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()
         wait_for = self.gate.busiest(wanted)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 
+from orders_service.orders.schemas import OrderCreate
 from tests.conftest import Catalog
 
 Client = AsyncTestClient[Litestar]
@@ -150,3 +154,204 @@ async def test_a_validation_error_names_the_part_of_the_request(client: Client, 
     assert response.status_code == 400
     assert response.json()["detail"] == f"Validation failed for the request {part}"
     assert {error["source"] for error in response.json()["errors"]} == {source}
+
+
+LINE = b'{"product_id": 1, "qty": 1}'
+NOT_UTF8_BODIES = {
+    "top-level key": b'{"\xff\xfe": 1, "items": [' + LINE + b"]}",
+    "key after items": b'{"items": [' + LINE + b'], "\xff\xfe": 1}',
+    "key in a line": b'{"items": [{"product_id": 1, "qty": 1, "\xc3\x28": 1}]}',
+    "surrogate in a key": b'{"items": [{"product_id": 1, "\xed\xa0\x80": 1}]}',
+    "known key spoilt": b'{"items\xff": [' + LINE + b"]}",
+    "value of a repeated key": b'{"items": "\xff", "items": [' + LINE + b"]}",
+    "outside strings": b'{"items": [' + LINE + b"]\xff}",
+}
+
+
+@pytest.mark.parametrize("raw", NOT_UTF8_BODIES.values(), ids=list(NOT_UTF8_BODIES))
+async def test_invalid_utf8_anywhere_is_400_and_writes_nothing(client: Client, catalog: Catalog, raw: bytes) -> None:
+    catalog.add(1, stock=10)
+    response = await client.post("/orders", content=raw, headers=JSON_ALICE)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert (response.json()["status"], response.json()["title"]) == (400, "Bad Request")
+    assert (catalog.order_count(), catalog.stock(1)) == (0, 10)
+
+
+REPEATED_KEYS = {
+    "items twice": b'{"items": [{"product_id": 1, "qty": 1}], "items": [{"product_id": 2, "qty": 1}]}',
+    "qty twice": b'{"items": [{"product_id": 1, "qty": 1, "qty": 5}]}',
+    "product_id twice": b'{"items": [{"product_id": 1, "product_id": 2, "qty": 1}]}',
+    "in the second line": b'{"items": [{"product_id": 1, "qty": 1}, {"qty": 1, "product_id": 2, "qty": 3}]}',
+    "escaped spelling": b'{"items": [{"product_id": 1, "qty": 1, "q\\u0074y": 5}]}',
+    "first value a list of lines": b'{"items": [{"product_id": 2, "qty": 1}], "items": [{"product_id": 1, "qty": 1}]}',
+}
+
+
+@pytest.mark.parametrize("raw", REPEATED_KEYS.values(), ids=list(REPEATED_KEYS))
+async def test_a_key_given_twice_in_an_object_is_400_and_writes_nothing(
+    client: Client, catalog: Catalog, raw: bytes
+) -> None:
+    """msgspec keeps the last value; another parser would keep the first: never guess what was ordered."""
+    catalog.add(1, stock=10)
+    catalog.add(2, stock=10)
+    response = await client.post("/orders", content=raw, headers=JSON_ALICE)
+    assert response.status_code == 400, response.text
+    assert "same key more than once" in response.json()["detail"]
+    assert (catalog.order_count(), catalog.stock(1), catalog.stock(2)) == (0, 10, 10)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"items": [{"product_id": 1, "qty": 1}, {"product_id": 1, "qty": 2}]}',  # one key per object
+        b'{"it\\u0065ms": [{"q\\u0074y": 3, "product_id": 1}]}',  # escapes spell the same keys
+        b' {\n\t"items" : [ {"product_id" :1 ,"qty":3} ] }\r\n',
+    ],
+    ids=["same product on two lines", "escaped keys", "whitespace everywhere"],
+)
+async def test_bodies_every_json_parser_reads_alike_are_accepted(client: Client, catalog: Catalog, raw: bytes) -> None:
+    catalog.add(1, stock=10)
+    response = await client.post("/orders", content=raw, headers=JSON_ALICE)
+    assert response.status_code == 200, response.text
+    assert catalog.stock(1) == 7
+
+
+def test_the_repeated_key_check_holds_for_the_order_schema() -> None:
+    """OrderCreateDTO counts colons: exact only while every field is required and no value is a string."""
+
+    def check(info: msgspec.inspect.Type) -> None:
+        if isinstance(info, msgspec.inspect.Metadata):
+            check(info.type)
+        elif isinstance(info, msgspec.inspect.StructType):
+            for field in info.fields:
+                assert field.required, f"{info.cls.__name__}.{field.name} has a default: update check_raw"
+                check(field.type)
+        elif isinstance(info, msgspec.inspect.ListType):
+            check(info.item_type)
+        else:
+            assert isinstance(info, msgspec.inspect.IntType), f"{info}: a value that is not an int, update check_raw"
+
+    check(msgspec.inspect.type_info(OrderCreate))
+
+
+def rejected_for_quantity() -> float:
+    return REGISTRY.get_sample_value("order_create_failures_total", {"reason": "quantity_too_large"}) or 0.0
+
+
+COMBINED_OVERFLOWS: dict[str, tuple[list[dict[str, object]], list[int]]] = {
+    # name: (lines, the products named)
+    "max and 2": ([line(1, INT_MAX), line(1, 2)], [1]),
+    "100 lines of max": ([line(1, INT_MAX)] * 100, [1]),
+    "two products": ([line(2, INT_MAX), line(1, 5), line(2, 1), line(1, INT_MAX)], [1, 2]),
+    "one of two": ([line(1, 1), line(2, INT_MAX), line(2, INT_MAX)], [2]),
+}
+
+
+@pytest.mark.parametrize("case", COMBINED_OVERFLOWS, ids=list(COMBINED_OVERFLOWS))
+async def test_lines_adding_up_beyond_integer_are_rejected_before_the_database(
+    client: Client, catalog: Catalog, case: str
+) -> None:
+    catalog.add(1, price_cents=1, stock=INT_MAX)
+    catalog.add(2, price_cents=1, stock=INT_MAX)
+    lines, named = COMBINED_OVERFLOWS[case]
+    before = rejected_for_quantity()
+    response = await client.post("/orders", json={"items": lines}, headers=JSON_ALICE)
+    assert response.status_code == 400, response.text
+    problem = response.json()
+    assert (problem["title"], problem["reason"], problem["product_ids"]) == (
+        "Order rejected",
+        "quantity_too_large",
+        named,
+    )
+    assert str(INT_MAX) in problem["detail"]
+    assert (catalog.order_count(), catalog.stock(1), catalog.stock(2)) == (0, INT_MAX, INT_MAX)
+    assert rejected_for_quantity() == before + 1
+
+
+async def test_lines_adding_up_to_exactly_the_largest_integer_are_one_item(client: Client, catalog: Catalog) -> None:
+    catalog.add(1, price_cents=1, stock=INT_MAX)
+    response = await client.post("/orders", json={"items": [line(1, INT_MAX - 1), line(1, 1)]}, headers=JSON_ALICE)
+    assert response.status_code == 200, response.text
+    assert response.json()["items"] == [{"product_id": 1, "qty": INT_MAX, "price_cents": 1}]
+    assert catalog.stock(1) == 0
+    cancelled = await client.post(f"/orders/{response.json()['id']}/cancel", headers=JSON_ALICE)
+    assert cancelled.status_code == 200
+    assert catalog.stock(1) == INT_MAX
+
+
+def other_spellings(order_id: int) -> dict[str, tuple[str, str]]:
+    """Other URLs of ``order_id`` and of its cancel, that Python's int() or a lenient router reads as the order's.
+
+    Percent-encoded as a client sends them.
+    """
+    digits = str(order_id)
+    segments = {
+        "plus sign": f"%2B{digits}",
+        "leading zero": f"0{digits}",
+        "underscore": f"0_{digits}",
+        "leading space": f"%20{digits}",
+        "trailing space": f"{digits}%20",
+        "tab": f"%09{digits}",
+        "arabic-indic digits": quote("".join(chr(0x0660 + int(digit)) for digit in digits)),
+        "fullwidth digits": quote("".join(chr(0xFF10 + int(digit)) for digit in digits)),
+        "percent-encoded digits": "".join(f"%{ord(digit):02X}" for digit in digits),
+    }
+    spellings = {name: (f"/orders/{segment}", f"/orders/{segment}/cancel") for name, segment in segments.items()}
+    spellings["trailing slash"] = (f"/orders/{digits}/", f"/orders/{digits}/cancel/")
+    spellings["doubled slash"] = (f"/orders//{digits}", f"/orders//{digits}/cancel")
+    spellings["encoded slash"] = (f"/orders/{digits}%2F", f"/orders/{digits}%2Fcancel")
+    return spellings
+
+
+@pytest.mark.parametrize("spelling", list(other_spellings(1)))
+async def test_an_order_has_one_url_other_spellings_are_404(client: Client, catalog: Catalog, spelling: str) -> None:
+    catalog.add(1, stock=10)
+    order = (await client.post("/orders", json={"items": [line(1, 2)]}, headers=JSON_ALICE)).json()
+    read_path, cancel_path = other_spellings(order["id"])[spelling]
+    missing = await client.get(f"/orders/{order['id'] + 1000}", headers=JSON_ALICE)
+
+    read = await client.get(read_path, headers=JSON_ALICE)
+    cancel = await client.post(cancel_path, headers=JSON_ALICE)
+
+    assert read.status_code == 404, read.text
+    assert read.json().keys() == missing.json().keys()
+    assert read.json()["title"] == missing.json()["title"]
+    assert cancel.status_code == 404, cancel.text
+    assert catalog.stock(1) == 8
+    assert (await client.get(f"/orders/{order['id']}", headers=JSON_ALICE)).json()["status"] == "placed"
+
+
+BAD_LIMITS = ["%2B5", "%D9%A5", "1_0", "1e1", "10.0", "%205", "05", "0x5", "5%20", "", "5&limit=6"]
+
+
+@pytest.mark.parametrize("limit", BAD_LIMITS)
+async def test_limit_is_plain_decimal_given_once(client: Client, catalog: Catalog, limit: str) -> None:
+    response = await client.get(f"/orders/me?limit={limit}", headers=JSON_ALICE)
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["key"] == "limit"
+    assert response.json()["errors"][0]["source"] == "query"
+
+
+async def test_cursor_given_twice_is_400(client: Client, catalog: Catalog) -> None:
+    response = await client.get("/orders/me?cursor=a&cursor=b", headers=JSON_ALICE)
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"message": "`cursor` given more than once", "key": "cursor", "source": "query"}
+    ]
+
+
+async def test_plain_limits_and_unknown_parameters_are_accepted(client: Client, catalog: Catalog) -> None:
+    for query in ("limit=5", "limit=200", "limit=1&other=x", "other=1&other=2"):
+        assert (await client.get(f"/orders/me?{query}", headers=JSON_ALICE)).status_code == 200, query
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "identity, gzip", ""])
+async def test_a_content_coding_is_415(client: Client, catalog: Catalog, coding: str) -> None:
+    """The body is read as it came: a coding the service would not undo is refused (RFC 7694)."""
+    catalog.add(1, stock=10)
+    headers = {**JSON_ALICE, "Content-Encoding": coding}
+    response = await client.post("/orders", content=b'{"items": [{"product_id": 1, "qty": 1}]}', headers=headers)
+    assert response.status_code == 415, response.text
+    assert "Content-Encoding" in response.json()["detail"]
+    assert catalog.order_count() == 0

@@ -20,10 +20,10 @@ from tests.conftest import Catalog
 from tests.support.granian import LIVE_SERVERS, OBSERVED_STATUSES, GranianServer, record_statuses
 
 ERROR_STATUSES = {
-    "placeOrder": {"400", "401", "413", "415", "422", "503"},
+    "placeOrder": {"400", "401", "408", "413", "415", "422", "499", "503"},
     "listMyOrders": {"400", "401", "503"},
     "getOrder": {"400", "401", "404", "503"},
-    "cancelOrder": {"400", "401", "404", "409", "503"},
+    "cancelOrder": {"400", "401", "404", "408", "409", "413", "499", "503"},
 }
 
 
@@ -72,10 +72,23 @@ def test_errors_of_unrouted_requests_are_documented_as_problems(openapi: dict[st
         assert "405" in default["description"]
 
 
+def test_every_get_has_a_head_with_its_statuses_and_headers_and_no_body(openapi: dict[str, Any]) -> None:
+    for path, item in openapi["paths"].items():
+        assert ("get" in item) == ("head" in item), path
+        if "get" not in item:
+            continue
+        get, head = item["get"]["responses"], item["head"]["responses"]
+        assert head.keys() == get.keys(), path
+        for status, response in head.items():
+            assert "content" not in response, (path, status)
+            assert response.get("headers") == get[status].get("headers"), (path, status)
+        assert item["head"]["operationId"] == item["get"]["operationId"] + "Head"
+
+
 def test_every_route_has_an_operation_id(openapi: dict[str, Any]) -> None:
     for path, item in openapi["paths"].items():
         for method, operation in item.items():
-            if method in {"get", "post", "put", "patch", "delete"}:
+            if method in {"get", "head", "post", "put", "patch", "delete"}:
                 assert operation.get("operationId"), f"{method.upper()} {path}"
 
 
@@ -143,7 +156,7 @@ def test_live_responses_conform_to_the_schema(granian: GranianServer, catalog: C
     for result in schema.get_all_operations():
         operation = result.ok()  # type: ignore[union-attr]
         excluded = [ignored_auth]
-        if operation.label in {"GET /orders/me", "POST /orders"}:
+        if operation.label in {"GET /orders/me", "HEAD /orders/me", "POST /orders"}:
             # Schema-valid is not enough there: made-up cursors and made-up product ids are rightly 400s.
             excluded.append(positive_data_acceptance)
 

@@ -19,12 +19,11 @@ from orders_service.app import create_app
 from orders_service.config import Settings
 from orders_service.dev import migrate
 from tests.support.database import scratch_database
-from tests.support.granian import GranianServer, start_service
+from tests.support.granian import GranianServer, start_service, wait_for_access_line
 from tests.support.rawhttp import raw_request
 
 RFC3339_UTC_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 HEX_ID = re.compile(r"[0-9a-f]{32}")
-LOG_TIMEOUT = 10.0
 
 
 def json_lines(log: str) -> list[dict[str, Any]]:
@@ -38,19 +37,6 @@ def json_lines(log: str) -> list[dict[str, Any]]:
 def access_lines(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The access lines by request id."""
     return {line["request_id"]: line for line in lines if line["logger"] == "orders_service.access"}
-
-
-def wait_for_access_line(server: GranianServer, request_id: str) -> dict[str, Any]:
-    """The access line of ``request_id``: it is written by a worker's log thread after the response went out."""
-    deadline = time.monotonic() + LOG_TIMEOUT
-    while time.monotonic() < deadline:
-        for line in server.log().splitlines():
-            if request_id in line:
-                entry: dict[str, Any] = json.loads(line)
-                if entry["logger"] == "orders_service.access" and entry.get("request_id") == request_id:
-                    return entry
-        time.sleep(0.05)  # polling for a line another process writes, not synchronising on a guess
-    raise AssertionError(f"no access line for {request_id} within {LOG_TIMEOUT}s:\n{server.log()}")
 
 
 @dataclass

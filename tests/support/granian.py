@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +22,7 @@ from orders_service.config import Settings
 
 # Generous: on a loaded 2-core machine (coverage in every worker) a worker has taken over 30 s to boot.
 STARTUP_TIMEOUT = 90.0
+LOG_TIMEOUT = 10.0
 # Every (path, method, status) the Granian servers of this test run answered, for the OpenAPI check.
 OBSERVED_STATUSES: set[tuple[str, str, str]] = set()
 LIVE_SERVERS: list[GranianServer] = []
@@ -38,6 +41,22 @@ class GranianServer:
         """SIGTERM, then wait for the exit code."""
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
+
+
+def wait_for_access_line(server: GranianServer, request_id: str) -> dict[str, Any]:
+    """The access line of ``request_id``: it is written by a worker's log thread after the response went out.
+
+    The request's metrics are recorded and any error logged before it.
+    """
+    deadline = time.monotonic() + LOG_TIMEOUT
+    while time.monotonic() < deadline:
+        for line in server.log().splitlines():
+            if request_id in line:
+                entry: dict[str, Any] = json.loads(line)
+                if entry["logger"] == "orders_service.access" and entry.get("request_id") == request_id:
+                    return entry
+        time.sleep(0.05)  # polling for a line another process writes, not synchronising on a guess
+    raise AssertionError(f"no access line for {request_id} within {LOG_TIMEOUT}s:\n{server.log()}")
 
 
 def record_statuses(server: GranianServer) -> None:
