@@ -32,7 +32,7 @@ from orders_service.observability.http_metrics import (
 from orders_service.observability.metrics_endpoint import MetricsController
 from orders_service.observability.request_log import RequestLog
 from orders_service.observability.tracing import tracing_enabled
-from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow
+from orders_service.orders.errors import IdempotencyKeyReused, OrderNotFound, OrderRejected, RestockOverflow
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor
@@ -91,10 +91,11 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
     return OrdersApp(
         request_log=RequestLog(settings),
         route_handlers=handlers,
-        # Made once per app (a worker): each handler resolves at most one dependency per request,
-        # since Litestar resolves several of the same level in a task group.
+        # Made once per app (a worker): the orders handlers resolve one dependency per request, since
+        # Litestar resolves several of the same level in a task group (readiness takes two; probes share checks).
         dependencies={
-            "components": Provide(lambda: components, sync_to_thread=False, use_cache=True),
+            "readiness": Provide(lambda: components.readiness, sync_to_thread=False, use_cache=True),
+            "events": Provide(lambda: components.events, sync_to_thread=False, use_cache=True),
             "orders": Provide(lambda: components.orders, sync_to_thread=False, use_cache=True),
         },
         plugins=plugins,
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
                 OrderRejected,
                 IdempotencyKeyReused,
                 RestockOverflow,
+                OrderNotFound,
                 DatabaseUnavailable,  # one WARNING line with its cause, logged where it becomes a 503
             },
         ),

@@ -11,7 +11,8 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from orders_service.api.get_and_head import get_and_head
 from orders_service.api.problem_details import RETRY_AFTER_SECONDS
-from orders_service.components import WorkerComponents
+from orders_service.db.readiness_probe import ReadinessProbe
+from orders_service.events.relay_in_serve import RelayInServe
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -46,20 +47,22 @@ class HealthController(Controller):
         summary="Readiness: the database answers and has the service's tables",
         responses={503: ResponseSpec(data_container=Health, description="Not ready; `reason` says why.")},
     )
-    async def readiness(self, components: NamedDependency[WorkerComponents]) -> Response[Health]:
+    async def readiness(
+        self, readiness: NamedDependency[ReadinessProbe], events: NamedDependency[RelayInServe]
+    ) -> Response[Health]:
         """200 when the database answers within ``HEALTH_TIMEOUT`` on a connection of its own, else 503 and why.
 
         Concurrent probes share one check, so the answer may be up to a quarter of a second old.
         """
-        unavailable = await components.readiness.outcome()
+        unavailable = await readiness.outcome()
         if unavailable is not None:
             reason = f"{unavailable.cause}: {unavailable.context}" if unavailable.context else unavailable.cause
             return Response(
-                Health("unavailable", reason, events=components.events.state),
+                Health("unavailable", reason, events=events.state),
                 status_code=503,
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
-        return Response(Health("ok", events=components.events.state))
+        return Response(Health("ok", events=events.state))
 
     @get_and_head("/live", operation_id="liveness", summary="Liveness: the process serves requests")
     async def liveness(self) -> Health:

@@ -21,7 +21,7 @@ from litestar.plugins.problem_details import (
 from orders_service.api.request_checks import CLIENT_CLOSED_REQUEST
 from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.observability import metrics
-from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow
+from orders_service.orders.errors import IdempotencyKeyReused, OrderNotFound, OrderRejected, RestockOverflow
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ def _order_rejected(exc: OrderRejected) -> ProblemDetailsException:
 def _idempotency_key_reused(exc: IdempotencyKeyReused) -> ProblemDetailsException:
     return ProblemDetailsException(
         status_code=HTTPStatus.UNPROCESSABLE_ENTITY, title="Idempotency-Key reused", detail=exc.detail
+    )
+
+
+def _order_not_found(exc: OrderNotFound) -> ProblemDetailsException:
+    return ProblemDetailsException(
+        status_code=HTTPStatus.NOT_FOUND, title=HTTPStatus.NOT_FOUND.phrase, detail=exc.detail
     )
 
 
@@ -114,6 +120,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 OrderRejected: _order_rejected,
                 IdempotencyKeyReused: _idempotency_key_reused,
                 RestockOverflow: _restock_overflow,
+                OrderNotFound: _order_not_found,
                 HTTPException: _http_exception,
                 DatabaseUnavailable: _database_unavailable,
                 Exception: _internal_error,

@@ -13,7 +13,9 @@ import re
 from typing import Any
 
 from litestar import Request
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import ValidationException
+
+from orders_service.orders.errors import OrderNotFound
 
 ORDER_ID_PARAMETER = "order_id"
 # Plain ASCII decimal without leading zeros: the one spelling of a number ("0" is refused later, as below 1).
@@ -21,9 +23,9 @@ _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _SHOWN_ID_LENGTH = 32
 
 
-def order_not_found(raw_id: str) -> NotFoundException:
+def order_not_found(raw_id: str) -> OrderNotFound:
     shown = raw_id if len(raw_id) <= _SHOWN_ID_LENGTH else raw_id[:_SHOWN_ID_LENGTH] + "…"
-    return NotFoundException(f"order {shown} not found")
+    return OrderNotFound(shown)
 
 
 def require_canonical_order_id(request: Request[Any, Any, Any]) -> None:

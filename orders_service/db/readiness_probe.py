@@ -15,6 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 from orders_service.db.readiness import check_tables
+from orders_service.db.transactions import StatementFailed
 from orders_service.db.unavailable import DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class ReadinessProbe:
             await check_tables(self._runner)
         except DatabaseUnavailable as unavailable:
             return unavailable
+        except StatementFailed as failed:  # e.g. a cached plan gone stale under a migration: not ready, and why
+            return DatabaseUnavailable("database_unavailable", context=str(failed))
         finally:
             self._finished_at = asyncio.get_running_loop().time()
         return None

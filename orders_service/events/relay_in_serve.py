@@ -29,12 +29,15 @@ class RelayInServe:
         self.settings = settings
         enabled = bool(settings.amqp_url) and settings.events_relay_in_serve
         self.relay = Relay(settings) if enabled else None
-        self.wake_up = RelayWakeUp(settings, runner, self.relay)
+        # Someone listens: this worker's relay (AMQP_URL set), or one run apart (EVENTS_RELAY_IN_SERVE=false).
+        listened_for = settings.events_listen and (bool(settings.amqp_url) or not settings.events_relay_in_serve)
+        self.wake_up = RelayWakeUp(settings, runner, self.relay) if listened_for else None
         self._task: asyncio.Task[None] | None = None
 
     def event_committed(self) -> None:
         """An order or a cancellation committed its event: wake the relay that publishes."""
-        self.wake_up.event_committed()
+        if self.wake_up is not None:
+            self.wake_up.event_committed()
 
     @property
     def state(self) -> str:
@@ -46,12 +49,14 @@ class RelayInServe:
         return self.relay.state
 
     async def start(self) -> None:
-        await self.wake_up.start()
+        if self.wake_up is not None:
+            await self.wake_up.start()
         if self.relay is not None and self._task is None:
             self._task = asyncio.create_task(self.relay.run(), name="outbox-relay")
 
     async def stop(self) -> None:
-        await self.wake_up.stop()
+        if self.wake_up is not None:
+            await self.wake_up.stop()
         if self.relay is None or self._task is None:
             return
         self.relay.stop()

@@ -59,7 +59,7 @@ class RelayWakeUp:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
                 await self._task
             self._task = self._pending = None
 
@@ -71,4 +71,6 @@ class RelayWakeUp:
                 await self._runner.run([Step(NOTIFY, self._params)], writes=False)
             except (DatabaseUnavailable, StatementFailed) as exc:  # the relay's poll publishes the events anyway
                 logger.debug("could not wake the events relay: %s", exc)
+            except Exception:  # a bug must not end the wake-ups for the worker's life: the poll covers meanwhile
+                logger.exception("waking the events relay failed")
             await asyncio.sleep(self._interval)  # the events committed meanwhile go with the next NOTIFY

@@ -27,3 +27,11 @@ class IdempotencyKeyReused(Exception):
     """The Idempotency-Key was already used by this user for a different order request."""
 
     detail = "this Idempotency-Key was already used with a different request body; use a new key for a new order"
+
+
+class OrderNotFound(Exception):
+    """The caller has no such order: it does not exist or is someone else's (the two are indistinguishable)."""
+
+    def __init__(self, order_id: int | str) -> None:
+        self.detail = f"order {order_id} not found"
+        super().__init__(self.detail)

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable, Iterable
 
 import msgspec
-from litestar.exceptions import NotFoundException
 
 from orders_service.db.transactions import StatementFailed
+from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.observability import metrics
 from orders_service.orders.cursor import decode_cursor, encode_cursor
-from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected, RestockOverflow
+from orders_service.orders.errors import IdempotencyKeyReused, OrderNotFound, OrderRejected, RestockOverflow
 from orders_service.orders.product_gate import ProductGate
 from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
 from orders_service.orders.store import CancelOutcome, OrderStore, PlacementOutcome
 
 NUMERIC_VALUE_OUT_OF_RANGE = "22003"
+# Tries of an order or a cancellation that keeps finding one of its products held by another transaction
+# (each try waits for one of them): two products held by turns would otherwise keep it trying until its
+# deadline. Past them: 503 product_busy, nothing written.
+MAX_TRIES_WHILE_BUSY = 5
 
 
 def combine_lines(lines: Iterable[OrderLine]) -> dict[int, int]:
@@ -80,15 +85,14 @@ class OrderService:
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()
         wait_for = self.gate.busiest(wanted)
-        while True:
+        for tries in range(1, MAX_TRIES_WHILE_BUSY + 1):
             async with self.gate.admit(wait_for, deadline):
                 outcome = await self.orders.place_order(
                     user_id, wanted, idempotency_key, fingerprint, wait_for=wait_for, deadline=deadline
                 )
             if outcome.missing or not outcome.busy:
                 break
-            wait_for = outcome.busy[0]  # held by another transaction: wait for it this time
-            metrics.BUSY_PRODUCT_RETRIES.inc()
+            wait_for = self._next_wait(outcome.busy, tries, deadline)
         if outcome.order is not None:
             metrics.ORDERS_CREATED.inc()
             self._on_event_committed()
@@ -105,32 +109,42 @@ class OrderService:
         """The user's order; 404 whether it is missing or someone else's."""
         order = await self.orders.get_for_user(user_id, order_id)
         if order is None:
-            raise NotFoundException(f"order {order_id} not found")
+            raise OrderNotFound(order_id)
         return order
 
     async def cancel_order(self, user_id: str, order_id: int) -> OrderRead:
         """Cancel a placed order and put its units back in stock; cancelling again changes nothing."""
         deadline = self.orders.runner.deadline()
-        outcome = await self._cancel_once(user_id, order_id, wait_for=None)
+        outcome = await self._cancel_once(user_id, order_id, wait_for=None, deadline=deadline)
+        tries = 1
         while outcome.busy:
-            wait_for = outcome.busy[0]  # held by another transaction: wait for it this time
-            metrics.BUSY_PRODUCT_RETRIES.inc()
+            wait_for = self._next_wait(outcome.busy, tries, deadline)
             async with self.gate.admit(wait_for, deadline):
-                outcome = await self._cancel_once(user_id, order_id, wait_for=wait_for)
+                outcome = await self._cancel_once(user_id, order_id, wait_for=wait_for, deadline=deadline)
+            tries += 1
         if outcome.cancelled_now:
             metrics.ORDERS_CANCELLED.inc()
             self._on_event_committed()
         return outcome.order
 
-    async def _cancel_once(self, user_id: str, order_id: int, *, wait_for: int | None) -> CancelOutcome:
+    def _next_wait(self, busy: list[int], tries: int, deadline: float) -> int:
+        """The product the next try waits for: one another transaction held (nothing was written); or 503."""
+        if tries >= MAX_TRIES_WHILE_BUSY or asyncio.get_running_loop().time() >= deadline:
+            raise DatabaseUnavailable("product_busy", context=f"product {busy[0]}")
+        metrics.BUSY_PRODUCT_RETRIES.inc()
+        return busy[0]
+
+    async def _cancel_once(
+        self, user_id: str, order_id: int, *, wait_for: int | None, deadline: float
+    ) -> CancelOutcome:
         try:
-            outcome = await self.orders.cancel_order(user_id, order_id, wait_for=wait_for)
+            outcome = await self.orders.cancel_order(user_id, order_id, wait_for=wait_for, deadline=deadline)
         except StatementFailed as failed:
             if failed.sqlstate == NUMERIC_VALUE_OUT_OF_RANGE:
                 raise RestockOverflow from None
             raise
         if outcome is None:
-            raise NotFoundException(f"order {order_id} not found")
+            raise OrderNotFound(order_id)
         return outcome
 
     async def list_orders(self, user_id: str, limit: int, cursor: str | None) -> tuple[list[OrderRead], str | None]:

@@ -85,14 +85,16 @@ class OrderStore:
         order = OrderRead(order_id, user_id, created_at.astimezone(UTC), int(total), "placed", None, items)
         return PlacementOutcome(order=order)
 
-    async def cancel_order(self, user_id: str, order_id: int, *, wait_for: int | None) -> CancelOutcome | None:
+    async def cancel_order(
+        self, user_id: str, order_id: int, *, wait_for: int | None, deadline: float | None = None
+    ) -> CancelOutcome | None:
         """Cancel the user's order if placed, restocking its units; None when the user has no such order.
 
         Waits for ``wait_for``'s row only (None: for no product's); ``busy`` names the products another
         transaction held (then nothing changed: try again, waiting for one of them).
         """
         params = {"owner": user_id, "order_id": order_id, "wait_for": wait_for}
-        ((rows,)) = await self.runner.run([Step(CANCEL_ORDER, params)], writes=True)
+        ((rows,)) = await self.runner.run([Step(CANCEL_ORDER, params)], writes=True, deadline=deadline)
         if not rows:
             return None
         (row,) = rows

@@ -32,7 +32,8 @@ INTERVAL_MS = 500  # long, so that a NOTIFY per commit could not hide among the 
 def service(settings: Settings, catalog: Catalog, tmp_path: Path) -> Iterator[GranianServer]:
     for product_id in PRODUCTS:
         catalog.add(product_id, stock=10_000)
-    slow_wake_up = msgspec.structs.replace(settings, events_notify_interval_ms=INTERVAL_MS)
+    # A relay run apart listens for the NOTIFYs (AMQP_URL unset here: none in the workers).
+    slow_wake_up = msgspec.structs.replace(settings, events_notify_interval_ms=INTERVAL_MS, events_relay_in_serve=False)
     with start_granian(slow_wake_up, workers=WORKERS, metrics_dir=tmp_path / "metrics") as server:
         yield server
 
