@@ -374,7 +374,12 @@ def event_latency(bench: Bench, since: datetime) -> dict[str, float]:
     )
     with psycopg.connect(bench.database.admin.conninfo, autocommit=True) as connection:
         (p50, p99), most = connection.execute(query, [since]).fetchone()  # type: ignore[misc]
-    return {"latency_p50_ms": round(p50, 1), "latency_p99_ms": round(p99, 1), "latency_max_ms": round(most, 1)}
+    # extract() gives numeric (Decimal), which JSON does not take.
+    return {
+        "latency_p50_ms": round(float(p50), 1),
+        "latency_p99_ms": round(float(p99), 1),
+        "latency_max_ms": round(float(most), 1),
+    }
 
 
 def events_backlog(bench: Bench, within: float = 60.0) -> dict[str, float]:
