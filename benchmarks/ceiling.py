@@ -61,7 +61,7 @@ def create_script(settings: Settings, products: int, *, hot: bool = False) -> st
             "idempotency_key": "NULL",
             "product_ids": f"ARRAY[{ids}]",
             "qtys": f"ARRAY[{', '.join(['1'] * (1 if hot else products))}]",
-            "wait_for": "1" if hot else ":p0",  # as the service: waits for the first product's row only
+            "wait_for": "ARRAY[1]" if hot else "ARRAY[:p0]",  # as the service: waits for the first product's row only
         },
     )
     lines = ["\\set u random(1, 5000)", *([] if hot else sets), "\\startpipeline", _timeouts(settings), place]

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    all_,
     and_,
     any_,
     bindparam,
@@ -64,7 +65,7 @@ _key = bindparam("idempotency_key", type_=String)
 _product_ids = bindparam("product_ids", type_=ARRAY(Integer))
 _qtys = bindparam("qtys", type_=ARRAY(Integer))
 _order_id = bindparam("order_id", type_=BigInteger)
-_wait_for = bindparam("wait_for", type_=Integer)
+_wait_for = bindparam("wait_for", type_=ARRAY(Integer))
 
 
 def _record_event(order_ids: Select[Any], event_type: str, name: str) -> Any:
@@ -82,17 +83,20 @@ def _record_event(order_ids: Select[Any], event_type: str, name: str) -> Any:
 
 
 def _lock_products(wanted: ColumnElement[bool], name: str) -> CTE:
-    """Lock the products ``wanted`` selects, waiting for one row only: ``wait_for``'s (NULL: none).
+    """Lock the products ``wanted`` selects, waiting only for the rows of ``wait_for`` (an array; empty: none).
 
-    ``wait_for``'s row is locked first, holding nothing else while it waits; then the others in
+    ``wait_for``'s rows are locked first, in ascending id order, waited for; then the others in
     ascending id order, skipping any row another transaction holds: waiting there would hold the
     rows already locked (hold-and-wait), and a product held elsewhere would stall every product
-    ordered with it. The caller sees which were skipped and tries again, waiting for one of those.
+    ordered with it. The caller sees which were skipped and tries again (``OrderService``): first
+    waiting for one product only, holding nothing; then, if its products keep being taken by turns
+    (short holds under contention), waiting for all of them in id order, which always gets through.
     """
     columns = (_products.c.id, _products.c.price_cents, _products.c.stock)
     waited = (
         select(*columns)
-        .where(_products.c.id == _wait_for, wanted)
+        .where(_products.c.id == any_(_wait_for), wanted)
+        .order_by(_products.c.id)
         .with_for_update(key_share=True)
         .cte(f"{name}_waited")
         .prefix_with("MATERIALIZED")
@@ -100,10 +104,10 @@ def _lock_products(wanted: ColumnElement[bool], name: str) -> CTE:
     after_the_wait = select(func.count()).select_from(waited).scalar_subquery() >= 0
     others = (
         select(*columns)
-        .where(wanted, _products.c.id.is_distinct_from(_wait_for), after_the_wait)
+        .where(wanted, _products.c.id != all_(_wait_for), after_the_wait)
         .order_by(_products.c.id)
         .with_for_update(key_share=True, skip_locked=True)
-        .cte(f"{name}_without_waiting")
+        .cte(f"{name}_unwaited")
         .prefix_with("MATERIALIZED")
     )
     return union_all(select(waited), select(others)).cte(name)

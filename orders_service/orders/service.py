@@ -18,10 +18,6 @@ from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
 from orders_service.orders.store import CancelOutcome, OrderStore, PlacementOutcome
 
 NUMERIC_VALUE_OUT_OF_RANGE = "22003"
-# Tries of an order or a cancellation that keeps finding one of its products held by another transaction
-# (each try waits for one of them): two products held by turns would otherwise keep it trying until its
-# deadline. Past them: 503 product_busy, nothing written.
-MAX_TRIES_WHILE_BUSY = 5
 
 
 def combine_lines(lines: Iterable[OrderLine]) -> dict[int, int]:
@@ -84,15 +80,17 @@ class OrderService:
             raise
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()
-        wait_for = self.gate.busiest(wanted)
-        for tries in range(1, MAX_TRIES_WHILE_BUSY + 1):
-            async with self.gate.admit(wait_for, deadline):
+        gate_product = self.gate.busiest(wanted)
+        wait_for, retries = [gate_product], 0
+        while True:
+            async with self.gate.admit(gate_product, deadline):
                 outcome = await self.orders.place_order(
                     user_id, wanted, idempotency_key, fingerprint, wait_for=wait_for, deadline=deadline
                 )
             if outcome.missing or not outcome.busy:
                 break
-            wait_for = self._next_wait(outcome.busy, tries, deadline)
+            gate_product, wait_for = outcome.busy[0], self._next_wait(wait_for, outcome.busy, retries, deadline)
+            retries += 1
         if outcome.order is not None:
             metrics.ORDERS_CREATED.inc()
             self._on_event_committed()
@@ -115,28 +113,36 @@ class OrderService:
     async def cancel_order(self, user_id: str, order_id: int) -> OrderRead:
         """Cancel a placed order and put its units back in stock; cancelling again changes nothing."""
         deadline = self.orders.runner.deadline()
-        outcome = await self._cancel_once(user_id, order_id, wait_for=None, deadline=deadline)
-        tries = 1
+        wait_for: list[int] = []
+        retries = 0
+        outcome = await self._cancel_once(user_id, order_id, wait_for=wait_for, deadline=deadline)
         while outcome.busy:
-            wait_for = self._next_wait(outcome.busy, tries, deadline)
-            async with self.gate.admit(wait_for, deadline):
+            gate_product, wait_for = outcome.busy[0], self._next_wait(wait_for, outcome.busy, retries, deadline)
+            retries += 1
+            async with self.gate.admit(gate_product, deadline):
                 outcome = await self._cancel_once(user_id, order_id, wait_for=wait_for, deadline=deadline)
-            tries += 1
         if outcome.cancelled_now:
             metrics.ORDERS_CANCELLED.inc()
             self._on_event_committed()
         return outcome.order
 
-    def _next_wait(self, busy: list[int], tries: int, deadline: float) -> int:
-        """The product the next try waits for: one another transaction held (nothing was written); or 503."""
-        if tries >= MAX_TRIES_WHILE_BUSY or asyncio.get_running_loop().time() >= deadline:
+    @staticmethod
+    def _next_wait(waited: list[int], busy: list[int], retries: int, deadline: float) -> list[int]:
+        """The products the next try waits for, after a try that found ``busy`` held (and wrote nothing).
+
+        The first retry waits for one of them only, holding nothing else: a product held long
+        elsewhere stalls only this request, which gives up after ``lock_timeout``. If its products
+        keep being taken by turns (short holds under contention), each later try waits for every
+        product found busy so far, in id order: the set only grows, so the tries end.
+        """
+        if asyncio.get_running_loop().time() >= deadline:
             raise DatabaseUnavailable("product_busy", context=f"product {busy[0]}")
         metrics.BUSY_PRODUCT_RETRIES.inc()
-        return busy[0]
+        if retries == 0:
+            return busy[:1]
+        return sorted(set(waited) | set(busy))
 
-    async def _cancel_once(
-        self, user_id: str, order_id: int, *, wait_for: int | None, deadline: float
-    ) -> CancelOutcome:
+    async def _cancel_once(self, user_id: str, order_id: int, *, wait_for: list[int], deadline: float) -> CancelOutcome:
         try:
             outcome = await self.orders.cancel_order(user_id, order_id, wait_for=wait_for, deadline=deadline)
         except StatementFailed as failed:

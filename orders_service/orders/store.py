@@ -52,13 +52,13 @@ class OrderStore:
         idempotency_key: str | None,
         request_hash: str | None,
         *,
-        wait_for: int,
+        wait_for: list[int],
         deadline: float | None = None,
     ) -> PlacementOutcome:
         """Reserve stock for ``wanted`` (product id -> qty, ascending ids) and insert the order, all or nothing.
 
-        Waits for ``wait_for``'s row only; ``busy`` names the products another transaction held
-        (then nothing was written: try again, waiting for one of them).
+        Waits for the rows of ``wait_for`` only; ``busy`` names the products another transaction held
+        (then nothing was written: try again, waiting for them).
         """
         params = {
             "owner": user_id,
@@ -86,12 +86,12 @@ class OrderStore:
         return PlacementOutcome(order=order)
 
     async def cancel_order(
-        self, user_id: str, order_id: int, *, wait_for: int | None, deadline: float | None = None
+        self, user_id: str, order_id: int, *, wait_for: list[int], deadline: float | None = None
     ) -> CancelOutcome | None:
         """Cancel the user's order if placed, restocking its units; None when the user has no such order.
 
-        Waits for ``wait_for``'s row only (None: for no product's); ``busy`` names the products another
-        transaction held (then nothing changed: try again, waiting for one of them).
+        Waits for the rows of ``wait_for`` only (empty: none); ``busy`` names the products another
+        transaction held (then nothing changed: try again, waiting for them).
         """
         params = {"owner": user_id, "order_id": order_id, "wait_for": wait_for}
         ((rows,)) = await self.runner.run([Step(CANCEL_ORDER, params)], writes=True, deadline=deadline)

@@ -223,4 +223,4 @@ async def test_a_burst_of_probes_shares_checks_and_is_answered_within_health_tim
     # Here the latency includes this process opening 1,000 connections at once on a 2-core machine.
     assert max(latency for latency, _, _ in burst) < HEALTH_TIMEOUT + MARGIN
     # Every check, the start's checks and anything else committed there: far fewer than the probes.
-    assert transactions <= 100
+    assert transactions <= 250  # the old code: 2,017; a check per worker and quarter-second: about 20-120 here

@@ -27,7 +27,7 @@ def test_the_order_statement_is_converted_once_then_taken_from_the_cache() -> No
     assert psycopg_queries.MAX_CACHED_STATEMENT_LENGTH >= CONVERSION_CACHE_LENGTH
     sql, literals = PLACE_ORDER.compiled(PGDialect_psycopg(), Settings.from_env({}).schema_translate_map)  # type: ignore[no-untyped-call]
     assert len(sql.encode()) > 4096  # past psycopg's own limit: without the setting it would never be cached
-    params = {**literals, "owner": "u", "idempotency_key": None, "product_ids": [1], "qtys": [1], "wait_for": 1}
+    params = {**literals, "owner": "u", "idempotency_key": None, "product_ids": [1], "qtys": [1], "wait_for": [1]}
     psycopg_queries.PostgresQuery(Transformer()).convert(sql, params)
     hits = psycopg_queries._query2pg.cache_info().hits
     psycopg_queries.PostgresQuery(Transformer()).convert(sql, params)
