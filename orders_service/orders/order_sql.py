@@ -88,9 +88,9 @@ def _lock_products(wanted: ColumnElement[bool], name: str) -> CTE:
     ``wait_for``'s rows are locked first, in ascending id order, waited for; then the others in
     ascending id order, skipping any row another transaction holds: waiting there would hold the
     rows already locked (hold-and-wait), and a product held elsewhere would stall every product
-    ordered with it. The caller sees which were skipped and tries again (``OrderService``): first
-    waiting for one product only, holding nothing; then, if its products keep being taken by turns
-    (short holds under contention), waiting for all of them in id order, which always gets through.
+    ordered with it. The caller sees which were skipped and tries again (``WaitPlan``): waiting for
+    a product alone, holding nothing, until a try got it; waiting for several only once each was
+    got that way (held briefly), so an order whose products are taken by turns gets through.
     """
     columns = (_products.c.id, _products.c.price_cents, _products.c.stock)
     waited = (

@@ -16,6 +16,7 @@ from orders_service.orders.errors import IdempotencyKeyReused, OrderNotFound, Or
 from orders_service.orders.product_gate import ProductGate
 from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
 from orders_service.orders.store import CancelOutcome, OrderStore, PlacementOutcome
+from orders_service.orders.wait_plan import WaitPlan
 
 NUMERIC_VALUE_OUT_OF_RANGE = "22003"
 
@@ -81,16 +82,15 @@ class OrderService:
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()
         gate_product = self.gate.busiest(wanted)
-        wait_for, retries = [gate_product], 0
+        plan = WaitPlan([gate_product])
         while True:
             async with self.gate.admit(gate_product, deadline):
                 outcome = await self.orders.place_order(
-                    user_id, wanted, idempotency_key, fingerprint, wait_for=wait_for, deadline=deadline
+                    user_id, wanted, idempotency_key, fingerprint, wait_for=plan.wait_for, deadline=deadline
                 )
             if outcome.missing or not outcome.busy:
                 break
-            gate_product, wait_for = outcome.busy[0], self._next_wait(wait_for, outcome.busy, retries, deadline)
-            retries += 1
+            gate_product = self._retry_waiting_for(plan, outcome.busy, deadline)[0]
         if outcome.order is not None:
             metrics.ORDERS_CREATED.inc()
             self._on_event_committed()
@@ -113,34 +113,24 @@ class OrderService:
     async def cancel_order(self, user_id: str, order_id: int) -> OrderRead:
         """Cancel a placed order and put its units back in stock; cancelling again changes nothing."""
         deadline = self.orders.runner.deadline()
-        wait_for: list[int] = []
-        retries = 0
-        outcome = await self._cancel_once(user_id, order_id, wait_for=wait_for, deadline=deadline)
+        plan = WaitPlan([])
+        outcome = await self._cancel_once(user_id, order_id, wait_for=plan.wait_for, deadline=deadline)
         while outcome.busy:
-            gate_product, wait_for = outcome.busy[0], self._next_wait(wait_for, outcome.busy, retries, deadline)
-            retries += 1
+            gate_product = self._retry_waiting_for(plan, outcome.busy, deadline)[0]
             async with self.gate.admit(gate_product, deadline):
-                outcome = await self._cancel_once(user_id, order_id, wait_for=wait_for, deadline=deadline)
+                outcome = await self._cancel_once(user_id, order_id, wait_for=plan.wait_for, deadline=deadline)
         if outcome.cancelled_now:
             metrics.ORDERS_CANCELLED.inc()
             self._on_event_committed()
         return outcome.order
 
     @staticmethod
-    def _next_wait(waited: list[int], busy: list[int], retries: int, deadline: float) -> list[int]:
-        """The products the next try waits for, after a try that found ``busy`` held (and wrote nothing).
-
-        The first retry waits for one of them only, holding nothing else: a product held long
-        elsewhere stalls only this request, which gives up after ``lock_timeout``. If its products
-        keep being taken by turns (short holds under contention), each later try waits for every
-        product found busy so far, in id order: the set only grows, so the tries end.
-        """
+    def _retry_waiting_for(plan: WaitPlan, busy: list[int], deadline: float) -> list[int]:
+        """What the next try waits for (``WaitPlan``), or 503 ``product_busy`` once the request's deadline is past."""
         if asyncio.get_running_loop().time() >= deadline:
             raise DatabaseUnavailable("product_busy", context=f"product {busy[0]}")
         metrics.BUSY_PRODUCT_RETRIES.inc()
-        if retries == 0:
-            return busy[:1]
-        return sorted(set(waited) | set(busy))
+        return plan.after_busy(busy)
 
     async def _cancel_once(self, user_id: str, order_id: int, *, wait_for: list[int], deadline: float) -> CancelOutcome:
         try:

@@ -106,6 +106,60 @@ async def test_an_order_waiting_for_a_product_holds_none_of_its_other_products(
     assert stock(scan_ordered) == {1: 9, 2: 9, 3: 9}
 
 
+async def until_the_service_waits_for(database: ProvisionedDatabase, holder: psycopg.Connection) -> None:
+    """Until a transaction waits for one that ``holder`` runs (a row lock's wait is on the holder's xid)."""
+    (xid,) = holder.execute("SELECT pg_current_xact_id()::text").fetchone() or ("",)
+    deadline = time.monotonic() + 20
+    with psycopg.connect(database.admin.conninfo, autocommit=True) as connection:
+        while time.monotonic() < deadline:
+            waits = connection.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted AND transactionid = %s::xid",
+                [xid],
+            ).fetchone()
+            if waits:
+                return
+            await asyncio.sleep(0.02)  # polling the server's view of the order
+    raise AssertionError(f"nothing waited for transaction {xid}")
+
+
+async def test_a_retry_never_holds_a_product_got_earlier_while_it_waits_for_one_it_never_got(
+    client: Client, scan_ordered: ProvisionedDatabase
+) -> None:
+    """Products taken by turns: the first try waits for 1 and finds 2 and 3 busy; the second waits for 2 and
+    finds 3 busy; the third waits for 3, which may be held for long (a catalog job): alone, holding 1 and 2
+    neither, so orders for them go on."""
+    catalog = scan_ordered.admin.catalog_schema
+    holders = {product_id: admin_connection(scan_ordered) for product_id in (1, 2, 3)}
+    try:
+        for product_id, holder in holders.items():
+            holder.execute(f"SELECT 1 FROM {catalog}.products WHERE id = {product_id} FOR UPDATE")
+        order = asyncio.create_task(
+            client.post(
+                "/orders",
+                json={"items": [{"product_id": p, "qty": 1} for p in (1, 2, 3)]},
+                headers={"X-User": "by-turns"},
+            )
+        )
+        await until_the_service_waits_for(scan_ordered, holders[1])
+        holders[1].rollback()
+        await until_the_service_waits_for(scan_ordered, holders[2])
+        holders[2].rollback()
+        await until_the_service_waits_for(scan_ordered, holders[3])
+        others = [
+            await client.post("/orders", json={"items": [{"product_id": p, "qty": 1}]}, headers={"X-User": "other"})
+            for p in (1, 2)
+        ]
+        assert [response.status_code for response in others] == [200, 200]  # served while the order waits for 3
+        assert not order.done()
+        holders[3].rollback()
+        response = await order
+    finally:
+        for holder in holders.values():
+            holder.close()
+    assert response.status_code == 200
+    assert stock(scan_ordered) == {1: 8, 2: 8, 3: 9}
+
+
 async def test_a_cancellation_waiting_for_a_product_holds_none_of_its_other_products(
     client: Client, scan_ordered: ProvisionedDatabase
 ) -> None:
