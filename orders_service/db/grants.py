@@ -20,7 +20,7 @@ OWN_TABLE_PRIVILEGES = (
     ("orders", "SELECT, INSERT, UPDATE (status, cancelled_at)"),
     ("order_items", "SELECT, INSERT"),
     ("idempotency_keys", "SELECT, INSERT, UPDATE (order_id), DELETE"),
-    ("outbox", "SELECT, INSERT, UPDATE (published_at), DELETE"),
+    ("outbox", "SELECT, INSERT, UPDATE (published_at, attempts, next_attempt_at), DELETE"),
     ("outbox_relay_lease", "SELECT, INSERT, UPDATE (holder, expires_at)"),
 )
 CATALOG_PRIVILEGES = "SELECT (id, price_cents, stock), UPDATE (stock)"

@@ -132,8 +132,9 @@ class OutboxEvent(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         CheckConstraint("type IN ('orders.order.placed', 'orders.order.cancelled')", name="type_known"),
-        # The relay reads pending events in id order; published ones leave the index.
-        Index("ix_outbox_pending", "id", postgresql_where=text("published_at IS NULL")),
+        # The relay reads the due pending events: new ones (-infinity) in id order, then the retried ones
+        # once their back-off has passed. Published ones leave the index.
+        Index("ix_outbox_due", "next_attempt_at", "id", postgresql_where=text("published_at IS NULL")),
         {"schema": "orders"},
     )
 
@@ -143,6 +144,9 @@ class OutboxEvent(Base):
     type: Mapped[str] = mapped_column(String(EVENT_TYPE_MAX_LENGTH))
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Tries the broker refused or could not route; the next one waits until next_attempt_at.
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default="-infinity")
 
 
 class RelayLease(Base):

@@ -35,6 +35,7 @@ class CloudEvent(msgspec.Struct):
     subject: str
     time: datetime
     datacontenttype: str
+    sequence: str  # the CloudEvents sequence extension: orders an order's events (placed < cancelled)
     data: OrderRead
 
 
@@ -69,6 +70,12 @@ def order_as_of(event: PendingEvent) -> OrderRead | None:
     return order_from_row((*row, status, cancelled_at, event.order_items))
 
 
+def sequence_of(event: PendingEvent) -> str:
+    """The event's outbox id, zero-padded to 20 digits: compared as strings, a later change of an order (its
+    cancellation) sorts after an earlier one (its placement), whatever order they arrive in."""
+    return f"{event.outbox_id:020d}"
+
+
 def encode_event(event: PendingEvent, order: OrderRead, source: str) -> bytes:
     """The CloudEvent of ``event`` as the JSON a consumer receives."""
     envelope = CloudEvent(
@@ -79,6 +86,7 @@ def encode_event(event: PendingEvent, order: OrderRead, source: str) -> bytes:
         subject=str(event.order_id),
         time=event.occurred_at.astimezone(UTC),
         datacontenttype=DATA_CONTENT_TYPE,
+        sequence=sequence_of(event),
         data=order,
     )
     return _encode(envelope)

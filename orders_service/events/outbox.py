@@ -6,6 +6,7 @@ transactions, so the relay works through PgBouncer in transaction mode like the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -18,6 +19,8 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    case,
+    column,
     delete,
     exists,
     extract,
@@ -25,6 +28,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    table,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -47,13 +51,28 @@ _orders = cast("Table", Order.__table__)
 _name = bindparam("lease_name", type_=String)
 _holder = bindparam("holder", type_=String)
 _pending = _outbox.c.published_at.is_(None)
+_pg_class = table("pg_class", column("oid"), column("reltuples"), schema="pg_catalog")
+
+
+PENDING_COUNT_LIMIT = 1000  # counted exactly up to here; beyond it, the planner's estimate
+RETRY_BASE_SECONDS = 0.5
+RETRY_MAX_SECONDS = 60.0
+
+_held_now = exists(
+    select(_lease.c.name).where(_lease.c.name == _name, _lease.c.holder == _holder, _lease.c.expires_at > func.now())
+)
+"""Whether this relay holds the lease as of the transaction's start: what publishing and marking are fenced by."""
+
+_due_order = (_outbox.c.next_attempt_at, _outbox.c.id)  # the order of ix_outbox_due
 
 
 def _build_claim() -> Any:
-    """Take or renew the lease when ``want``; in any case report whether we hold it, and the backlog.
+    """Take or renew the lease when ``want``; in any case report whether we hold it, for how long, and the backlog.
 
     The upsert takes the lease when it is free or expired and renews it when it is ours; its time
-    is the database's, the one clock every relay shares.
+    is the database's, the one clock every relay shares. The backlog costs the same at 10 or
+    300,000 pending events: a count that stops at ``PENDING_COUNT_LIMIT`` rows of ``ix_outbox_due``
+    (beyond it, the index's row estimate from the last ANALYZE), and the first due event's age.
     """
     claimed = (
         pg_insert(_lease)
@@ -68,28 +87,36 @@ def _build_claim() -> Any:
             set_={"holder": literal_column("excluded.holder"), "expires_at": literal_column("excluded.expires_at")},
             where=or_(_lease.c.holder == literal_column("excluded.holder"), _lease.c.expires_at < func.now()),
         )
-        .returning(_lease.c.holder)
+        .returning(_lease.c.holder, _lease.c.expires_at)
         .cte("claimed")
     )
-    backlog = select(func.count().label("pending"), func.min(_outbox.c.occurred_at).label("oldest")).where(_pending)
-    backlog_cte = backlog.cte("backlog")
+    limit = bindparam("count_limit", type_=Integer)
+    counted = (
+        select(func.count())
+        .select_from(select(_outbox.c.id).where(_pending).order_by(*_due_order).limit(limit).subquery())
+        .scalar_subquery()
+    )
+    estimated = (
+        select(func.greatest(func.cast(_pg_class.c.reltuples, BigInteger), 0))
+        .where(_pg_class.c.oid == func.to_regclass(bindparam("due_index", type_=String)))
+        .scalar_subquery()
+    )
+    first_due = select(_outbox.c.occurred_at).where(_pending).order_by(*_due_order).limit(1).scalar_subquery()
     return select(
         exists(select(claimed.c.holder)).label("held"),
-        backlog_cte.c.pending,
-        extract("epoch", func.now() - backlog_cte.c.oldest).label("oldest_age"),
-    ).select_from(backlog_cte)
+        select(extract("epoch", claimed.c.expires_at - func.now())).scalar_subquery().label("lease_left"),
+        case((counted < limit, counted), else_=func.greatest(counted, func.coalesce(estimated, 0))).label("pending"),
+        extract("epoch", func.now() - first_due).label("oldest_age"),
+    )
 
 
 def _build_pending_batch() -> Any:
-    """The oldest pending events with their orders, in outbox id order; nothing unless we hold the lease.
+    """The first due pending events with their orders: new ones in id order, then retried ones whose back-off
+    has passed; nothing unless we hold the lease.
 
-    Run after ``CLAIM`` in the same transaction, so it sees the lease as the claim left it.
+    Run after ``CLAIM`` in the same transaction, so it sees the lease as the claim left it. A
+    bounded look at the head of ``ix_outbox_due``: its cost does not grow with the backlog.
     """
-    held = exists(
-        select(_lease.c.name).where(
-            _lease.c.name == _name, _lease.c.holder == _holder, _lease.c.expires_at > func.now()
-        )
-    )
     return (
         select(
             _outbox.c.id,
@@ -104,19 +131,32 @@ def _build_pending_batch() -> Any:
             items_json(_outbox.c.order_id),
         )
         .select_from(_outbox.outerjoin(_orders, _orders.c.id == _outbox.c.order_id))
-        .where(_pending, held)
-        .order_by(_outbox.c.id)
+        .where(_pending, _outbox.c.next_attempt_at <= func.now(), _held_now)
+        .order_by(*_due_order)
         .limit(bindparam("limit", type_=Integer))
     )
 
 
+_ids = _outbox.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))
 CLAIM = Statement("claim_outbox_lease", _build_claim())
 PENDING_BATCH = Statement("pending_events", _build_pending_batch())
+# Fenced: only a relay that still holds the lease marks (or defers) what it published (or tried);
+# one whose lease lapsed leaves them to the holder, which publishes them again.
 MARK_PUBLISHED = Statement(
     "mark_events_published",
+    update(_outbox).where(_ids, _pending, _held_now).values(published_at=func.now()),
+)
+DEFER = Statement(
+    "defer_events",
     update(_outbox)
-    .where(_outbox.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))), _pending)
-    .values(published_at=func.now()),
+    .where(_ids, _pending, _held_now)
+    .values(
+        attempts=_outbox.c.attempts + 1,
+        next_attempt_at=func.now()
+        + func.make_interval(
+            0, 0, 0, 0, 0, 0, func.least(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * func.power(2, _outbox.c.attempts))
+        ),
+    ),
 )
 RELEASE = Statement(
     "release_outbox_lease",
@@ -138,39 +178,54 @@ _purged = (
 PURGE_BATCH = Statement("purge_published_events", select(func.count()).select_from(_purged))
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    held: bool  # this relay holds the lease
+    lease_left: float  # seconds the lease still runs, by the database's clock (0 when not held)
+    pending: int  # events not yet published: exact up to PENDING_COUNT_LIMIT, estimated beyond
+    oldest_age: float  # seconds since the first due event occurred (0 when none is pending)
+    batch: list[PendingEvent]
+
+
 class Outbox:
     """The relay's access to the outbox, through a TransactionRunner of its own (never the request pool)."""
 
-    def __init__(self, runner: TransactionRunner, holder: str, *, lease_ttl_seconds: float) -> None:
+    def __init__(self, runner: TransactionRunner, holder: str, *, schema: str, lease_ttl_seconds: float) -> None:
         self.runner = runner
         self.holder = holder
         self._lease = {"lease_name": LEASE_NAME, "holder": holder}
         self._ttl = lease_ttl_seconds
+        self._backlog = {"count_limit": PENDING_COUNT_LIMIT, "due_index": f"{schema}.ix_outbox_due"}
 
     async def claim(
-        self, *, want: bool, limit: int, published: list[int] | None = None
-    ) -> tuple[bool, int, float, list[PendingEvent]]:
-        """Take or renew the lease (when ``want``) and read up to ``limit`` pending events if we hold it.
+        self, *, want: bool, limit: int, published: list[int] | None = None, refused: list[int] | None = None
+    ) -> Claim:
+        """Take or renew the lease (when ``want``) and read up to ``limit`` due pending events if we hold it.
 
         ``published``: events the broker confirmed since the last cycle, marked first in the same
-        transaction (a round trip fewer per cycle under load).
-
-        Returns whether we hold the lease, the number of pending events, the age of the oldest in
-        seconds (0 when none) and the batch.
+        transaction (a round trip fewer per cycle under load); ``refused``: events it nacked or
+        could not route, tried again after a back-off. Both only while we still hold the lease.
         """
-        claim = Step(CLAIM, {**self._lease, "want": want, "ttl": timedelta(seconds=self._ttl)})
-        steps = [Step(MARK_PUBLISHED, {"ids": published})] if published else []
-        steps.append(claim)
+        steps = self._settle_steps(published or [], refused or [])
+        settled = len(steps)
+        steps.append(Step(CLAIM, {**self._lease, **self._backlog, "want": want, "ttl": timedelta(seconds=self._ttl)}))
         if want:
             steps.append(Step(PENDING_BATCH, {**self._lease, "limit": limit}))
-        results = await self.runner.run(steps, writes=True)
-        results = results[1:] if published else results
-        ((held, pending, oldest_age),) = results[0]
+        results = (await self.runner.run(steps, writes=True))[settled:]
+        ((held, lease_left, pending, oldest_age),) = results[0]
         batch = [PendingEvent(*row) for row in results[1]] if want else []
-        return bool(held), int(pending), float(oldest_age or 0.0), batch
+        return Claim(bool(held), float(lease_left or 0.0), int(pending), float(oldest_age or 0.0), batch)
 
-    async def mark_published(self, outbox_ids: list[int]) -> None:
-        await self.runner.run([Step(MARK_PUBLISHED, {"ids": outbox_ids})], writes=True)
+    async def settle(self, published: list[int], refused: list[int]) -> None:
+        """Mark ``published`` and defer ``refused`` (see ``claim``), alone."""
+        if published or refused:
+            await self.runner.run(self._settle_steps(published, refused), writes=True)
+
+    def _settle_steps(self, published: list[int], refused: list[int]) -> list[Step]:
+        steps = [Step(MARK_PUBLISHED, {**self._lease, "ids": published})] if published else []
+        if refused:
+            steps.append(Step(DEFER, {**self._lease, "ids": refused}))
+        return steps
 
     async def release(self) -> None:
         await self.runner.run([Step(RELEASE, self._lease)], writes=True)

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -36,7 +37,7 @@ from orders_service.db.engine import connect_args, create_engine
 from orders_service.db.failure_line import failure_line
 from orders_service.db.transactions import StatementFailed, TransactionRunner
 from orders_service.db.unavailable import DatabaseUnavailable
-from orders_service.events.amqp_publish import publish_batch
+from orders_service.events.amqp_publish import Unroutable, publish_batch
 from orders_service.events.backoff import Backoff
 from orders_service.events.cloudevents import CONTENT_TYPE, PendingEvent, encode_event, order_as_of
 from orders_service.events.outbox import Outbox
@@ -46,9 +47,12 @@ logger = logging.getLogger(__name__)
 
 STARTING = "starting"
 PUBLISHING = "publishing"
+REFUSED = "publishing; the broker refuses some events (retried after a back-off)"
+FAILING = "failing (unexpected error)"
 STANDBY = "standby"
 BROKER_UNREACHABLE = "broker unreachable"
 DATABASE_UNAVAILABLE = "database unavailable"
+TROUBLE = {BROKER_UNREACHABLE, DATABASE_UNAVAILABLE, REFUSED, FAILING}  # logged as warnings
 
 BROKER_TIMEOUT = 5.0
 PERSISTENT = 2  # AMQP delivery mode
@@ -70,7 +74,10 @@ class Relay:
             pool_timeout=settings.db_pool_timeout,
         )
         ttl = settings.events_lease_ttl_ms / 1000
-        self.outbox = Outbox(runner, holder or default_holder(), lease_ttl_seconds=ttl)
+        self.outbox = Outbox(runner, holder or default_holder(), schema=settings.db_schema, lease_ttl_seconds=ttl)
+        # A batch is written only while the lease has this long left (fencing: a relay stalled between its
+        # claim and its publish, for longer than the lease, must not publish what the next holder publishes).
+        self._lease_margin = ttl / 3
         # The holder renews its lease well before it expires.
         self._holder_pause = min(settings.events_poll_interval_ms / 1000, ttl / 3)
         self._standby_pause = settings.events_poll_interval_ms / 1000
@@ -86,6 +93,7 @@ class Relay:
         self._exchange: AbstractExchange | None = None
         self._listener: asyncio.Task[None] | None = None
         self._unmarked: list[int] = []  # confirmed by the broker, not yet marked published
+        self._refused: list[int] = []  # nacked or returned by the broker, not yet deferred
 
     @property
     def holder(self) -> str:
@@ -111,9 +119,11 @@ class Relay:
             while not self._stopping.is_set():
                 try:
                     await self._cycle()
-                except Exception:  # a bug must not end publishing: log it, start afresh after a back-off
+                except Exception as exc:  # a bug must not end publishing: say so, start afresh after a back-off
                     logger.exception("events relay: unexpected error")
+                    metrics.EVENTS_PUBLISH_FAILURES.labels(reason="unexpected").inc()
                     await self._drop_broker()
+                    self._set_state(FAILING, _describe(exc))  # what /health says until a batch goes out
                     await self._pause(self._backoff.next())
         finally:
             await self._shutdown()
@@ -122,28 +132,39 @@ class Relay:
         exchange = await self._ensure_broker()
         connected = exchange is not None
         self._wake.clear()  # a NOTIFY from now on wakes the next pause
+        started = asyncio.get_running_loop().time()
         try:
-            held, pending, oldest_age, batch = await self.outbox.claim(
-                want=connected, limit=self.settings.events_batch_size, published=self._unmarked
+            claim = await self.outbox.claim(
+                want=connected, limit=self.settings.events_batch_size, published=self._unmarked, refused=self._refused
             )
-            self._unmarked = []
+            self._unmarked, self._refused = [], []
         except (DatabaseUnavailable, StatementFailed) as exc:
             self._set_state(DATABASE_UNAVAILABLE, failure_line(self.settings, exc))
             await self._pause(self._backoff.next())
             return
-        metrics.EVENTS_PENDING.set(pending)
-        metrics.EVENTS_OLDEST_PENDING_AGE.set(oldest_age)
+        metrics.EVENTS_PENDING.set(claim.pending)
+        metrics.EVENTS_OLDEST_PENDING_AGE.set(claim.oldest_age)
         if exchange is None:
             await self._pause(self._backoff.next())
             return
-        self._set_held(held)
-        if not held:
+        self._set_held(claim.held)
+        if not claim.held:
             self._backoff.reset()
             await self._pause(self._standby_pause)
             return
+        batch = claim.batch
         self._last_batch = len(batch)
+        if not batch and self.state in {REFUSED, FAILING}:
+            self._set_state(PUBLISHING)  # nothing left that fails
         if batch:
-            if not await self._publish(exchange, batch):
+            deadline = started + claim.lease_left - self._lease_margin
+            if asyncio.get_running_loop().time() >= deadline:  # stalled since the claim (a frozen process, a long GC)
+                logger.warning(
+                    "events relay %s: too little of its lease left to publish; its events are left to the holder",
+                    self.holder,
+                )
+                return
+            if not await self._publish(exchange, batch, deadline):
                 return
             if len(batch) == self.settings.events_batch_size:
                 return  # more are waiting: no pause
@@ -152,8 +173,10 @@ class Relay:
         self._backoff.reset()
         await self._pause(self._holder_pause)
 
-    async def _publish(self, exchange: AbstractExchange, batch: list[PendingEvent]) -> bool:
-        """Publish ``batch``; what the broker confirmed is marked next (``_unmarked``). False after a fault."""
+    async def _publish(self, exchange: AbstractExchange, batch: list[PendingEvent], deadline: float) -> bool:
+        """Publish ``batch`` before ``deadline`` (event-loop time); what the broker confirmed is marked next
+        (``_unmarked``), what it refused is tried again after a back-off (``_refused``). False after a fault
+        of the connection (then nothing unconfirmed is deferred: it goes out again once the broker is back)."""
         source = self.settings.events_source
         sendable: list[tuple[PendingEvent, bytes, spec.Basic.Properties]] = []
         orphans: list[int] = []
@@ -168,9 +191,9 @@ class Relay:
                 delivery_mode=PERSISTENT,
                 message_id=str(event.event_id),
                 message_type=event.type,
+                timestamp=event.occurred_at,
             )
             sendable.append((event, encode_event(event, order, source), properties))
-        timeout = self.settings.events_lease_ttl_ms / 1000
         outgoing = [(event.type, body, properties) for event, body, properties in sendable]
         try:
             assert self._channel is not None  # noqa: S101 - set with the exchange
@@ -178,24 +201,38 @@ class Relay:
         except aiormq.exceptions.AMQPError as exc:  # closed under us (the broker went away)
             results: list[BaseException | None] = [exc] * len(outgoing)
         else:
-            results = await publish_batch(channel, exchange.name, outgoing, timeout)
-        confirmed: list[PendingEvent] = []
+            results = await publish_batch(channel, exchange.name, outgoing, deadline)
         failure: BaseException | None = None
+        refusals: Counter[str] = Counter()
         for (event, _, _), result in zip(sendable, results, strict=True):
-            if result is not None:
+            if result is None:
+                self._unmarked.append(event.outbox_id)
+                metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
+            elif isinstance(result, Unroutable | aiormq.exceptions.DeliveryError):
+                self._refused.append(event.outbox_id)
+                refusals["unroutable" if isinstance(result, Unroutable) else "nacked"] += 1
+            else:
                 failure = result
-                break  # only a prefix counts: what follows is published again, after what failed
-            confirmed.append(event)
-        self._unmarked += [event.outbox_id for event in confirmed] + orphans
-        for event in confirmed:
-            metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
+        self._unmarked += orphans
+        self._report_refusals(refusals)
         if failure is not None:
-            metrics.EVENTS_PUBLISH_FAILURES.inc()
+            reason = "timeout" if isinstance(failure, TimeoutError) else "unreachable"
+            metrics.EVENTS_PUBLISH_FAILURES.labels(reason=reason).inc()
             self._set_state(BROKER_UNREACHABLE, _describe(failure))
             await self._drop_broker()
             await self._pause(self._backoff.next())
             return False
         return True
+
+    def _report_refusals(self, refusals: Counter[str]) -> None:
+        """Count the events the broker refused; say so once when it starts, and once when it stops."""
+        for reason, count in refusals.items():
+            metrics.EVENTS_PUBLISH_FAILURES.labels(reason=reason).inc(count)
+        if refusals:
+            what = ", ".join(f"{count} {reason}" for reason, count in sorted(refusals.items()))
+            self._set_state(REFUSED, f"{what}; see orders_events_publish_failures_total")
+        elif self.state in {REFUSED, FAILING}:
+            self._set_state(PUBLISHING)
 
     async def _ensure_broker(self) -> AbstractExchange | None:
         """The declared exchange on a live connection, connecting when needed; None (logged) when that fails."""
@@ -219,7 +256,7 @@ class Relay:
                     self.settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
                 )
         except Exception as exc:  # noqa: BLE001 - any failure to connect is "unreachable"; retried after a back-off
-            metrics.EVENTS_PUBLISH_FAILURES.inc()
+            metrics.EVENTS_PUBLISH_FAILURES.labels(reason="unreachable").inc()
             self._set_state(BROKER_UNREACHABLE, _describe(exc))
             await self._drop_broker()
             return None
@@ -231,19 +268,20 @@ class Relay:
         ``_drop_broker`` forgets a connection before closing it, so a close of our own is not reported.
         """
         if connection is self._connection:
-            metrics.EVENTS_PUBLISH_FAILURES.inc()
+            metrics.EVENTS_PUBLISH_FAILURES.labels(reason="unreachable").inc()
             self._set_state(BROKER_UNREACHABLE, f"connection lost: {_describe(exc)}" if exc else "connection lost")
 
     async def _flush_marks(self) -> None:
-        """Mark what the broker confirmed; on a database fault they stay for the next claim to mark."""
-        if not self._unmarked:
+        """Mark what the broker confirmed and defer what it refused; on a database fault they stay for the next
+        claim. Fenced: once the lease has lapsed, nothing is marked (the next holder publishes it again)."""
+        if not self._unmarked and not self._refused:
             return
         try:
-            await self.outbox.mark_published(self._unmarked)
+            await self.outbox.settle(self._unmarked, self._refused)
         except (DatabaseUnavailable, StatementFailed) as exc:
             self._set_state(DATABASE_UNAVAILABLE, failure_line(self.settings, exc))
             return
-        self._unmarked = []
+        self._unmarked, self._refused = [], []
 
     async def _drop_broker(self) -> None:
         """Forget the broker connection, and the lease with it: a relay that cannot publish lets another one."""
@@ -264,7 +302,8 @@ class Relay:
         elif not held:
             self._stop_listener()
         self._held = held
-        self._set_state(PUBLISHING if held else STANDBY)
+        if not (held and self.state in {REFUSED, FAILING}):  # those end with a batch that goes out whole
+            self._set_state(PUBLISHING if held else STANDBY)
 
     async def _release(self) -> None:
         with contextlib.suppress(DatabaseUnavailable, StatementFailed):
@@ -323,7 +362,7 @@ class Relay:
 
     def _set_state(self, state: str, detail: str = "") -> None:
         if state != self.state:
-            level = logging.WARNING if state in {BROKER_UNREACHABLE, DATABASE_UNAVAILABLE} else logging.INFO
+            level = logging.WARNING if state in TROUBLE else logging.INFO
             logger.log(level, "events relay %s: %s%s", self.holder, state, f" ({detail})" if detail else "")
             self.state = state
 

@@ -58,10 +58,14 @@ GATE_WAITING = Gauge(
 )
 
 # Events (the outbox relay). Every relay of every worker reads the backlog; the max of the live ones is the truth.
-EVENTS_PENDING = Gauge("orders_events_pending", "Events in the outbox not yet published.", multiprocess_mode="livemax")
+EVENTS_PENDING = Gauge(
+    "orders_events_pending",
+    "Events in the outbox not yet published: exact up to 1,000, the planner's estimate beyond.",
+    multiprocess_mode="livemax",
+)
 EVENTS_OLDEST_PENDING_AGE = Gauge(
     "orders_events_oldest_pending_age_seconds",
-    "Age of the oldest event not yet published (0 when none is pending).",
+    "Age of the oldest event due for publishing, those waiting out a retry back-off aside (0 when none is).",
     multiprocess_mode="livemax",
 )
 EVENTS_PUBLISHED = Counter("orders_events_published_total", "Events published and confirmed by the broker.", ["type"])
@@ -69,5 +73,11 @@ for _type in ("orders.order.placed", "orders.order.cancelled"):
     EVENTS_PUBLISHED.labels(type=_type)
 EVENTS_PUBLISH_FAILURES = Counter(
     "orders_events_publish_failures_total",
-    "Failed attempts to reach the broker or to have a batch of events confirmed (each followed by a back-off).",
+    "Failures to publish events, by reason: per event the broker refused (nacked: a queue full with reject-publish;"
+    " unroutable: no queue bound for its type), both tried again after a back-off; per failed attempt to reach"
+    " the broker (unreachable), to have a batch confirmed in time (timeout), or a bug (unexpected).",
+    ["reason"],
 )
+PUBLISH_FAILURE_REASONS = ("nacked", "unroutable", "unreachable", "timeout", "unexpected")
+for _reason in PUBLISH_FAILURE_REASONS:
+    EVENTS_PUBLISH_FAILURES.labels(reason=_reason)

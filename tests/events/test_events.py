@@ -18,24 +18,22 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import msgspec
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from prometheus_client import REGISTRY
 
 from orders_service.app import create_app
 from orders_service.cli import main as cli_main
 from orders_service.config import Settings
-from orders_service.events.relay import PUBLISHING, Relay, named_connection
+from orders_service.events.relay import PUBLISHING, named_connection
 from tests.conftest import Catalog
 from tests.support.amqp import (
     Received,
@@ -47,45 +45,20 @@ from tests.support.amqp import (
 )
 from tests.support.faults import freezable_proxy, wait_until
 from tests.support.granian import free_port, start_granian
+from tests.support.relay import (
+    CANCELLED,
+    PLACED,
+    envelope,
+    events_env,
+    outbox_rows,
+    pending,
+    place_orders,
+    placed_subjects,
+    publish_failures,
+    running_relay,
+)
+from tests.support.scrape import publish_failures as publish_failures_of
 from tests.support.scrape import scrape
-
-PLACED, CANCELLED = "orders.order.placed", "orders.order.cancelled"
-
-
-class Envelope(msgspec.Struct):
-    """A received CloudEvent, ``data`` kept as the exact bytes sent."""
-
-    specversion: str
-    id: str
-    source: str
-    type: str
-    subject: str
-    time: str
-    datacontenttype: str
-    data: msgspec.Raw
-
-
-def envelope(message: Received) -> Envelope:
-    return msgspec.json.decode(message.body, type=Envelope)
-
-
-def events_env(settings: Settings, url: str, exchange: str, **overrides: str) -> Settings:
-    return Settings.from_env(
-        {**settings.as_env(), "AMQP_URL": url, "EVENTS_EXCHANGE": exchange, "DB_POOL_TIMEOUT": "30", **overrides}
-    )
-
-
-def outbox_rows(catalog: Catalog) -> list[tuple[int, str, bool]]:
-    """(order id, type, published) of every outbox row, in id order."""
-    with catalog.engine.connect() as connection:
-        rows = connection.exec_driver_sql(
-            f"SELECT order_id, type, published_at IS NOT NULL FROM {catalog.orders_schema}.outbox ORDER BY id"
-        ).fetchall()
-    return [(int(order_id), str(kind), bool(published)) for order_id, kind, published in rows]
-
-
-def pending(catalog: Catalog) -> int:
-    return catalog.scalar("SELECT count(*) FROM {orders}.outbox WHERE published_at IS NULL")
 
 
 @pytest.fixture
@@ -158,7 +131,7 @@ async def test_an_unreachable_broker_is_one_warning_line_of_the_relay_and_no_err
     nowhere = events_env(settings, nowhere_url(), "orders-test-nowhere")
     with start_granian(nowhere, workers=1, metrics_dir=tmp_path / "metrics") as server:
         await wait_until(
-            lambda: scrape(server).get(("orders_events_publish_failures_total", ()), 0) >= 3,
+            lambda: publish_failures_of(scrape(server), "unreachable") >= 3,
             30,
             "three failed attempts",
         )
@@ -335,7 +308,13 @@ async def test_a_consumer_receives_placed_and_cancelled_exactly(
         if name == "orders_events_published_total"
     }
     assert published == {PLACED: 1.0, CANCELLED: 1.0}
-    assert ("orders_events_publish_failures_total", ()) in metrics
+    assert {dict(labels)["reason"] for name, labels in metrics if name == "orders_events_publish_failures_total"} == {
+        "nacked",
+        "unroutable",
+        "unreachable",
+        "timeout",
+        "unexpected",
+    }
 
 
 async def _burst(base_url: str, count: int, clients: int, tag: str, product_ids: list[int]) -> list[tuple[int, float]]:
@@ -383,7 +362,7 @@ async def test_orders_flow_while_the_broker_is_down_and_every_event_arrives_afte
                 while_down = await _burst(server.base_url, 200, 32, "down", products)
                 health_down = (await asyncio.to_thread(httpx.get, f"{server.base_url}/health", timeout=10)).json()
                 backlog = pending(catalog)
-                failures_down = (await asyncio.to_thread(scrape, server))[("orders_events_publish_failures_total", ())]
+                failures_down = publish_failures_of(await asyncio.to_thread(scrape, server), "unreachable")
             finally:
                 await asyncio.to_thread(rabbitmqctl, "start_app")
                 await asyncio.to_thread(rabbitmqctl, "await_startup")
@@ -604,40 +583,11 @@ async def test_relays_behind_pgbouncer_publish_by_polling(
 # --- one relay in-process, while the broker refuses its publishes or never confirms them --------------
 
 
-def publish_failures() -> float:
-    """orders_events_publish_failures_total of this process (where the relay under test runs)."""
-    return REGISTRY.get_sample_value("orders_events_publish_failures_total") or 0.0
-
-
-@contextlib.asynccontextmanager
-async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
-    relay = Relay(settings)
-    running = asyncio.create_task(relay.run())
-    try:
-        yield relay
-    finally:
-        relay.stop()
-        await asyncio.wait_for(running, 30)
-
-
-async def place_orders(client: AsyncTestClient[Litestar], count: int) -> list[int]:
-    ids = []
-    for _ in range(count):
-        placed = await client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={"X-User": "r"})
-        assert placed.status_code == 200, placed.text
-        ids.append(int(placed.json()["id"]))
-    return ids
-
-
 async def until_failed_twice_or_marked(catalog: Catalog, failures_before: float, events: int) -> None:
     """Until the relay failed to publish twice (so it had finished with the first failure), or marked an event."""
     await wait_until(
         lambda: publish_failures() >= failures_before + 2 or pending(catalog) < events, 60, "two failed publishes"
     )
-
-
-def placed_subjects(received: list[Received]) -> set[int]:
-    return {int(envelope(message).subject) for message in received if message.routing_key == PLACED}
 
 
 async def test_events_the_broker_refuses_stay_pending_and_go_out_once_it_accepts_them(

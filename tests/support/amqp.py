@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aio_pika
@@ -68,6 +69,7 @@ class Received:
     content_type: str | None
     delivery_mode: int | None
     at: float  # time.monotonic() when the test read it
+    timestamp: datetime | None = None  # the AMQP timestamp property
 
 
 @dataclass
@@ -127,6 +129,7 @@ def _received(message: AbstractIncomingMessage) -> Received:
         message.content_type,
         int(message.delivery_mode) if message.delivery_mode is not None else None,
         time.monotonic(),
+        message.timestamp,
     )
 
 
@@ -137,6 +140,7 @@ class RefusingQueue:
 
     url: str
     exchange: str
+    routing_key: str = "orders.order.#"
     name: str = field(default_factory=lambda: f"orders-test-refusing-{uuid.uuid4().hex[:10]}")
 
     async def declare(self) -> None:
@@ -146,7 +150,7 @@ class RefusingQueue:
             exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
             arguments: dict[str, Any] = {"x-max-length": 0, "x-overflow": "reject-publish"}
             queue = await channel.declare_queue(self.name, durable=True, arguments=arguments)
-            await queue.bind(exchange, routing_key="orders.order.#")
+            await queue.bind(exchange, routing_key=self.routing_key)
 
     async def delete(self) -> None:
         connection = await aio_pika.connect(self.url, timeout=10)
@@ -156,9 +160,9 @@ class RefusingQueue:
 
 
 @contextlib.asynccontextmanager
-async def refusing_queue(url: str, exchange: str) -> AsyncIterator[RefusingQueue]:
+async def refusing_queue(url: str, exchange: str, routing_key: str = "orders.order.#") -> AsyncIterator[RefusingQueue]:
     """A ``RefusingQueue`` on ``exchange``, deleted afterwards (``delete()`` ends the refusals sooner)."""
-    queue = RefusingQueue(url, exchange)
+    queue = RefusingQueue(url, exchange, routing_key)
     await queue.declare()
     try:
         yield queue

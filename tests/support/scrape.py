@@ -46,3 +46,12 @@ def unavailable_by_cause(metrics: Samples) -> Counter[str]:
             if name == "service_unavailable_responses_total"
         }
     )
+
+
+def publish_failures(metrics: Samples, reason: str | None = None) -> float:
+    """orders_events_publish_failures_total, for one reason or summed over all."""
+    return sum(
+        value
+        for (name, labels), value in metrics.items()
+        if name == "orders_events_publish_failures_total" and (reason is None or dict(labels)["reason"] == reason)
+    )
