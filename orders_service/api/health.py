@@ -29,6 +29,7 @@ class Health(msgspec.Struct, omit_defaults=True):
         msgspec.Meta(
             description="The events relay of the worker that answered: `disabled: AMQP_URL not set`, `publishing` "
             "(it holds the lease), `standby` (another relay publishes), `broker unreachable`, `database unavailable`, "
+            "`publishing; the broker refuses some events (retried after a back-off)`, `failing (unexpected error)`, "
             "`starting`, or published by a separate relay. Informative: it never makes readiness fail.",
             examples=["publishing"],
         ),

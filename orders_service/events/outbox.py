@@ -138,6 +138,10 @@ def _build_pending_batch() -> Any:
 
 
 _ids = _outbox.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))
+# For the statements after it in the claim's transaction. With stale statistics (a backlog written
+# faster than autovacuum analyzes it) the batch's plan looked costly enough for PostgreSQL to compile
+# it with LLVM: 214 ms of JIT for a statement that runs in 2 (measured, 300,000 pending).
+JIT_OFF = Statement("relay_jit_off", select(func.set_config("jit", "off", True)))
 CLAIM = Statement("claim_outbox_lease", _build_claim())
 PENDING_BATCH = Statement("pending_events", _build_pending_batch())
 # Fenced: only a relay that still holds the lease marks (or defers) what it published (or tried);
@@ -206,7 +210,7 @@ class Outbox:
         transaction (a round trip fewer per cycle under load); ``refused``: events it nacked or
         could not route, tried again after a back-off. Both only while we still hold the lease.
         """
-        steps = self._settle_steps(published or [], refused or [])
+        steps = [Step(JIT_OFF, {}), *self._settle_steps(published or [], refused or [])]
         settled = len(steps)
         steps.append(Step(CLAIM, {**self._lease, **self._backlog, "want": want, "ttl": timedelta(seconds=self._ttl)}))
         if want:
