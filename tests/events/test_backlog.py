@@ -52,6 +52,13 @@ def write_backlog(catalog: Catalog, count: int) -> None:
         connection.execute(text(f"ANALYZE {orders}.outbox"))
 
 
+def drained(catalog: Catalog) -> bool:
+    """No pending event (one look at ``ix_outbox_due``: polling a count of 300,000 rows would load the database)."""
+    return (
+        catalog.scalar("SELECT count(*) FROM (SELECT 1 FROM {orders}.outbox WHERE published_at IS NULL LIMIT 1) x") == 0
+    )
+
+
 async def queued(url: str, queue_name: str) -> int:
     connection = await aio_pika.connect(url, timeout=10)
     async with connection:
@@ -78,9 +85,10 @@ async def test_300k_pending_events_are_reported_by_estimate_and_drained(
         assert seen.oldest_age >= 0
         started = time.monotonic()
         async with running_relay(relay_settings):
-            await wait_until(lambda: pending(catalog) == 0, 600, "the backlog drained")
+            await wait_until(lambda: drained(catalog), 600, "the backlog drained")
         drained_in = time.monotonic() - started
         await wait_until_queued(broker_url, queue.name, BACKLOG)
+    assert pending(catalog) == 0
     print(f"\n[backlog] {BACKLOG} events drained in {drained_in:.1f} s ({BACKLOG / drained_in:.0f} events/s)")
 
 
