@@ -19,6 +19,7 @@ from pathlib import Path
 
 from orders_service.config import ConfigError, Settings
 from orders_service.db.grants import AUDIENCES
+from orders_service.leaving import LEAVING_FLAG_ENV
 from orders_service.observability import logs
 
 logger = logging.getLogger("orders_service")
@@ -75,16 +76,20 @@ def serve(settings: Settings) -> None:
     """Serve the app with Granian: ASGI, uvloop, ``WORKERS`` processes, graceful on SIGTERM."""
     from granian.constants import Interfaces, Loops  # noqa: PLC0415 - keep `--help` fast
     from granian.log import LogLevels  # noqa: PLC0415
-    from granian.server import Server  # noqa: PLC0415
 
     from orders_service.db.startup_check import check_database_at_start  # noqa: PLC0415
+    from orders_service.graceful_server import GracefulServer  # noqa: PLC0415
 
     address = listen_address(settings.listen_host)
     check_database_at_start(settings)
-    with metrics_directory():
+    with metrics_directory(), tempfile.TemporaryDirectory(prefix="orders-service-") as runtime_dir:
         os.environ.update(settings.as_env())  # the workers build their app from the environment
-        Server(
+        leaving_flag = Path(runtime_dir) / "leaving"
+        os.environ[LEAVING_FLAG_ENV] = str(leaving_flag)
+        GracefulServer(
             APP_TARGET,
+            grace=settings.shutdown_grace_seconds,
+            leaving_flag=leaving_flag,
             address=address,
             port=settings.listen_port,
             interface=Interfaces.ASGI,

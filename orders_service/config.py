@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     listen_port: Port = 8000
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     worker_kill_timeout: Annotated[int, msgspec.Meta(ge=1, le=600)] = 30
+    shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0
     health_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     body_read_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     openapi_enabled: bool = True

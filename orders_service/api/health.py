@@ -13,6 +13,7 @@ from orders_service.api.get_and_head import get_and_head
 from orders_service.api.problem_details import RETRY_AFTER_SECONDS
 from orders_service.db.readiness_probe import ReadinessProbe
 from orders_service.events.relay_in_serve import RelayInServe
+from orders_service.leaving import is_leaving
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -37,6 +38,7 @@ class Health(msgspec.Struct, omit_defaults=True):
 
 
 LIVE = Health("ok")
+LEAVING = "shutting_down: this replica got SIGTERM and stops after SHUTDOWN_GRACE_SECONDS"
 
 
 class HealthController(Controller):
@@ -55,6 +57,12 @@ class HealthController(Controller):
 
         Concurrent probes share one check, so the answer may be up to a quarter of a second old.
         """
+        if is_leaving():  # SIGTERM: the load balancer must stop sending requests here (graceful_server.py)
+            return Response(
+                Health("unavailable", LEAVING, events=events.state),
+                status_code=503,
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
         unavailable = await readiness.outcome()
         if unavailable is not None:
             reason = f"{unavailable.cause}: {unavailable.context}" if unavailable.context else unavailable.cause

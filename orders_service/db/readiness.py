@@ -17,11 +17,18 @@ _orders, _items, _keys, _outbox, _products = (
     cast("Table", model.__table__) for model in (Order, OrderItem, IdempotencyKey, OutboxEvent, Product)
 )
 
-# Fails with the missing table, column or privilege, which is what readiness reports; reads no row.
+# Fails with the missing table, column or privilege, which is what readiness reports; reads no row. Every
+# column the models map: a replica of a newer release is not ready until its migrations are applied.
 READINESS_CHECK = Statement(
     "readiness_check",
     select(
-        _products.c.id, _products.c.price_cents, _products.c.stock, _orders.c.id, _items.c.id, _keys.c.key, _outbox.c.id
+        _products.c.id,
+        _products.c.price_cents,
+        _products.c.stock,
+        *_orders.c,
+        *_items.c,
+        *_keys.c,
+        *_outbox.c,
     )
     .select_from(_products.join(_orders, false()).join(_items, false()).join(_keys, false()).join(_outbox, false()))
     .limit(0),

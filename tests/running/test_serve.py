@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from orders_service.causes import UnavailableCause
 from orders_service.config import Settings
 from orders_service.dev.migrate import PROJECT_ROOT
 from tests.conftest import Catalog
-from tests.support.granian import GranianServer, free_port, start_granian
+from tests.support.granian import GranianServer, free_port, start_granian, start_service
 from tests.support.scrape import requests_total, scrape
 
 
@@ -134,6 +136,43 @@ def test_a_restart_starts_the_counters_from_zero(settings: Settings, tmp_path: P
     assert list(metrics_dir.glob("*.db"))  # the stopped run left its files behind
     with start_granian(settings, workers=2, metrics_dir=metrics_dir) as second:
         assert scrape(second)[("orders_created_total", ())] == 0
+
+
+def test_sigterm_first_says_leaving_and_keeps_serving_for_the_grace_period(
+    settings: Settings, tmp_path: Path, catalog: Catalog
+) -> None:
+    """Readiness 503 at once (the load balancer moves away), liveness 200, requests still served; then it exits 0."""
+    catalog.add(1, stock=10)
+    env = {**os.environ, **settings.as_env(), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    with start_service(["serve"], env, workers=2, log_dir=tmp_path, shutdown_grace=3) as server:
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            assert client.get("/health").status_code == 200
+            server.process.send_signal(signal.SIGTERM)
+            readiness = until_not_ready(client)
+            live = client.get("/health/live")
+            order = client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={"X-User": "late"})
+            fresh_connection = httpx.get(f"{server.base_url}/orders/me", headers={"X-User": "late"}, timeout=10)
+        assert server.process.wait(timeout=30) == 0
+    assert readiness.status_code == 503
+    assert readiness.headers["retry-after"] == "1"
+    assert readiness.json()["reason"].startswith("shutting_down")
+    assert live.status_code == 200
+    assert order.status_code == 200
+    assert fresh_connection.status_code == 200
+    assert catalog.stock(1) == 9
+    assert "SIGTERM: readiness answers 503" in server.log()
+
+
+def until_not_ready(client: httpx.Client, timeout: float = 20.0) -> httpx.Response:
+    """Poll readiness (every worker reads the same flag) until one answer is 503."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/health")
+        if response.status_code == 503:
+            return response
+        time.sleep(0.02)  # polling, as the load balancer's health check does
+    raise AssertionError("readiness kept answering 200 after SIGTERM")
 
 
 def test_sigterm_lets_the_request_in_flight_finish(

@@ -113,13 +113,23 @@ def start_service(
     log_dir: Path,
     cwd: Path | None = None,
     listen_host: str = "127.0.0.1",
+    shutdown_grace: float = 0,
+    port: int | None = None,
 ) -> Iterator[GranianServer]:
     """``orders-service <command>`` with exactly ``env`` (plus the listen address), until it serves every worker.
 
-    ``listen_host`` must resolve to 127.0.0.1, where the tests connect.
+    ``listen_host`` must resolve to 127.0.0.1, where the tests connect. ``shutdown_grace``: its
+    SHUTDOWN_GRACE_SECONDS (none by default: a test's server stops at once). ``port``: a free one unless given
+    (a replacement replica takes its predecessor's).
     """
-    port = free_port()
-    env = {**env, "LISTEN_HOST": listen_host, "LISTEN_PORT": str(port), "WORKERS": str(workers)}
+    port = port or free_port()
+    env = {
+        **env,
+        "LISTEN_HOST": listen_host,
+        "LISTEN_PORT": str(port),
+        "WORKERS": str(workers),
+        "SHUTDOWN_GRACE_SECONDS": str(shutdown_grace),
+    }
     log_path = log_dir / f"granian-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
