@@ -83,6 +83,7 @@ class Load:
     placed: dict[int, dict[int, int]] = field(default_factory=dict)  # order id -> {product id: qty}
     cancelled: set[int] = field(default_factory=set)
     slowest: float = 0.0
+    failed: list[str] = field(default_factory=list)  # what the first failures said
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def failures(self) -> Counter[str]:
@@ -119,9 +120,16 @@ async def send(load: Load, request: object) -> httpx.Response | None:
         response: httpx.Response = await request  # type: ignore[misc]
     except httpx.TransportError as exc:
         load.statuses[type(exc).__name__] += 1
+        if len(load.failed) < 10:
+            load.failed.append(f"{time.monotonic():.2f} {exc!r}")
         return None
     load.slowest = max(load.slowest, time.monotonic() - started)
     load.statuses[str(response.status_code)] += 1
+    if response.status_code >= 300 and len(load.failed) < 10:
+        load.failed.append(
+            f"{time.monotonic():.2f} {response.request.method} {response.request.url.path} "
+            f"{response.status_code} {response.text[:300]}"
+        )
     return response
 
 
@@ -192,6 +200,7 @@ async def test_replacing_every_replica_twice_under_load_fails_no_request(
     ports = [free_port() for _ in range(REPLICAS)]
     load = Load()
     replacements: list[tuple[int, int]] = []  # (requests answered during it, failures)
+    marks: list[str] = []  # when each replacement began, to place failures
     async with event_queue(broker_url) as queue:
         with pgbouncer(binary, database.runtime, [database.runtime, database.admin], prepared=True) as bounced:
             settings = Settings.from_env(
@@ -206,14 +215,17 @@ async def test_replacing_every_replica_twice_under_load_fails_no_request(
             )
             replicas = [start_replica(settings, port, tmp_path) for port in ports]
             try:
-                with haproxy(ports) as base_url:
-                    clients = [asyncio.create_task(client_loop(base_url, load, seed)) for seed in range(CLIENTS)]
+                with haproxy(ports) as balancer:
+                    clients = [
+                        asyncio.create_task(client_loop(balancer.base_url, load, seed)) for seed in range(CLIENTS)
+                    ]
                     try:
                         await wait_until(lambda: len(load.placed) >= 50, 60, "orders flowing")
                         migrated_in = None
                         for round_ in range(2):
                             for slot in range(REPLICAS):
                                 before, failed_before = sum(load.statuses.values()), sum(load.failures().values())
+                                marks.append(f"{time.monotonic():.2f} replacing replica {slot + 1}")
                                 assert await asyncio.to_thread(stop, replicas[slot]) == 0
                                 replicas[slot] = await asyncio.to_thread(start_replica, settings, ports[slot], tmp_path)
                                 await takes_traffic(replicas[slot])
@@ -240,7 +252,7 @@ async def test_replacing_every_replica_twice_under_load_fails_no_request(
         f"(answered, failed): {replacements}; migration applied in {migrated_in:.2f} s under load; slowest answer "
         f"{load.slowest * 1000:.0f} ms"
     )
-    assert load.failures() == Counter()
+    assert load.failures() == Counter(), (load.failed, marks)
     assert load.slowest < database.admin.db_lock_timeout_ms / 1000  # no request queued behind a table lock for long
     assert catalog.scalar("SELECT count(*) FROM {orders}.orders") == len(load.placed)
     assert catalog.scalar("SELECT count(*) FROM {orders}.orders WHERE status = 'cancelled'") == len(load.cancelled)

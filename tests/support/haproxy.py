@@ -10,7 +10,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from tests.conftest import unavailable
 from tests.support.granian import free_port
@@ -22,7 +25,7 @@ def haproxy_binary() -> str | None:
     return shutil.which("haproxy") or next((path for path in ("/usr/sbin/haproxy",) if os.access(path, os.X_OK)), None)
 
 
-def config(port: int, backends: list[int], *, check_interval_ms: int) -> str:
+def config(port: int, stats_port: int, backends: list[int], *, check_interval_ms: int) -> str:
     """Round robin over ``backends``; a replica takes requests once ``/health`` answered 200 twice, and none
     once it answered anything else. A request is sent again elsewhere only if it never reached a replica
     (``retry-on conn-failure``): safe for a POST."""
@@ -45,6 +48,11 @@ frontend orders
     bind 127.0.0.1:{port}
     default_backend replicas
 
+frontend stats
+    bind 127.0.0.1:{stats_port}
+    stats enable
+    stats uri /stats
+
 backend replicas
     balance roundrobin
     option httpchk GET /health
@@ -54,23 +62,46 @@ backend replicas
 """
 
 
+@dataclass
+class HAProxy:
+    base_url: str
+    stats_url: str
+
+    def servers_up(self) -> int:
+        """How many replicas HAProxy's health checks found ready (its CSV statistics)."""
+        rows = httpx.get(f"{self.stats_url};csv", timeout=5).text.splitlines()
+        header = rows[0].lstrip("# ").split(",")
+        status = header.index("status")
+        kind = header.index("svname")
+        return sum(
+            1
+            for row in rows[1:]
+            if row and row.split(",")[kind] not in {"FRONTEND", "BACKEND"} and row.split(",")[status] == "UP"
+        )
+
+
 @contextlib.contextmanager
-def haproxy(backends: list[int], *, check_interval_ms: int = 200) -> Iterator[str]:
-    """HAProxy on a free port in front of ``backends`` (ports on 127.0.0.1); yields its base URL."""
+def haproxy(backends: list[int], *, check_interval_ms: int = 200) -> Iterator[HAProxy]:
+    """HAProxy on a free port in front of ``backends`` (ports on 127.0.0.1), once every one is UP."""
     binary = haproxy_binary()
     if binary is None:
         unavailable("haproxy is not installed")
     assert binary is not None
-    port = free_port()
+    port, stats_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="orders-haproxy-") as directory:
         path = Path(directory) / "haproxy.cfg"
-        path.write_text(config(port, backends, check_interval_ms=check_interval_ms))
+        path.write_text(config(port, stats_port, backends, check_interval_ms=check_interval_ms))
         log = Path(directory) / "haproxy.log"
         with log.open("wb") as output:
             process = subprocess.Popen([binary, "-db", "-f", str(path)], stdout=output, stderr=subprocess.STDOUT)
         try:
-            _wait_until_listening(process, port, log)
-            yield f"http://127.0.0.1:{port}"
+            _wait_until_listening(process, stats_port, log)
+            balancer = HAProxy(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}/stats")
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while balancer.servers_up() < len(backends):  # servers start DOWN until their checks pass
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)  # polling HAProxy's view
+            yield balancer
         finally:
             process.terminate()
             try:
