@@ -176,7 +176,10 @@ def apply_additive_migration(database: ProvisionedDatabase, versions: Path) -> f
     from alembic import command  # noqa: PLC0415
 
     config = alembic_config(database.owner)
-    config.set_main_option("version_locations", f"{PROJECT_ROOT / 'migrations' / 'versions'} {versions}")
+    config.set_main_option("path_separator", "os")
+    config.set_main_option(
+        "version_locations", os.pathsep.join([str(PROJECT_ROOT / "migrations" / "versions"), str(versions)])
+    )
     started = time.monotonic()
     command.upgrade(config, "9001")
     return time.monotonic() - started
