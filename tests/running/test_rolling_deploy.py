@@ -39,7 +39,7 @@ from tests.support.scrape import requests_total, scrape
 
 REPLICAS = 3
 WORKERS = 2
-GRACE_SECONDS = 1.5  # above HAProxy's check interval (0.2 s) x fall (1), with room
+GRACE_SECONDS = 2.0  # above HAProxy's check interval (0.2 s) x fall (3), with room
 CLIENTS = 12
 PRODUCTS = range(1, 11)
 STOCK = 1_000_000

@@ -27,7 +27,9 @@ def haproxy_binary() -> str | None:
 
 def config(port: int, stats_port: int, backends: list[int], *, check_interval_ms: int) -> str:
     """Round robin over ``backends``; a replica takes requests once ``/health`` answered 200 twice, and none
-    once it answered anything else. A request is sent again elsewhere only if it never reached a replica
+    once it answered anything else three times. A slow answer fails a check only after 2 s (by default a
+    check times out after ``inter``: under load, every replica could fail one at once, and HAProxy then
+    answers 503 itself). A request is sent again elsewhere only if it never reached a replica
     (``retry-on conn-failure``): safe for a POST."""
     servers = "\n".join(
         f"    server replica-{n} 127.0.0.1:{backend} check" for n, backend in enumerate(backends, start=1)
@@ -57,7 +59,8 @@ backend replicas
     balance roundrobin
     option httpchk GET /health
     http-check expect status 200
-    default-server inter {check_interval_ms}ms fall 1 rise 2
+    timeout check 2s
+    default-server inter {check_interval_ms}ms fall 3 rise 2
 {servers}
 """
 
