@@ -19,7 +19,7 @@ from pathlib import Path
 
 from orders_service.config import ConfigError, Settings
 from orders_service.db.grants import AUDIENCES
-from orders_service.leaving import LEAVING_FLAG_ENV
+from orders_service.lifecycle.leaving import LEAVING_FLAG_ENV
 from orders_service.observability import logs
 
 logger = logging.getLogger("orders_service")
@@ -78,7 +78,7 @@ def serve(settings: Settings) -> None:
     from granian.log import LogLevels  # noqa: PLC0415
 
     from orders_service.db.startup_check import check_database_at_start  # noqa: PLC0415
-    from orders_service.graceful_server import GracefulServer  # noqa: PLC0415
+    from orders_service.lifecycle.graceful_server import GracefulServer  # noqa: PLC0415
 
     address = listen_address(settings.listen_host)
     check_database_at_start(settings)

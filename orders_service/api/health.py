@@ -13,7 +13,7 @@ from orders_service.api.get_and_head import get_and_head
 from orders_service.api.problem_details import RETRY_AFTER_SECONDS
 from orders_service.db.readiness_probe import ReadinessProbe
 from orders_service.events.relay_in_serve import RelayInServe
-from orders_service.leaving import is_leaving
+from orders_service.lifecycle.leaving import is_leaving
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -57,7 +57,7 @@ class HealthController(Controller):
 
         Concurrent probes share one check, so the answer may be up to a quarter of a second old.
         """
-        if is_leaving():  # SIGTERM: the load balancer must stop sending requests here (graceful_server.py)
+        if is_leaving():  # SIGTERM: the load balancer must stop sending requests here (lifecycle/graceful_server.py)
             return Response(
                 Health("unavailable", LEAVING, events=events.state),
                 status_code=503,

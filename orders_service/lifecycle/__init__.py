@@ -1,0 +1,1 @@
+"""The replica's life: leaving gracefully on SIGTERM (rolling deploys)."""
