@@ -20,7 +20,13 @@ from benchmarks.seed import PRODUCTS, READERS
 from orders_service.config import Settings
 from orders_service.db.statements import Statement
 from orders_service.db.transactions import SET_TIMEOUTS
+from orders_service.orders.order_batch_sql import PLACE_ORDERS
 from orders_service.orders.order_sql import FIRST_PAGE, PLACE_ORDER
+
+# The flash-sale references beside ``hot``'s ceiling (the service's one order per transaction, one statement):
+HOT_ROW = "hot-row"  # one statement that only decrements product 1's row: one row per transaction, nothing else
+HOT_X10 = "hot-x10"  # the service's combined statement placing ten orders of product 1 per transaction
+FLASH_SALE_REFERENCES = {HOT_ROW: 1, HOT_X10: 10}  # orders per transaction
 
 
 def _sql(statement: Statement | str, settings: Settings, values: dict[str, str]) -> str:
@@ -68,6 +74,31 @@ def create_script(settings: Settings, products: int, *, hot: bool = False) -> st
     return "\n".join([*lines, "\\endpipeline"]) + "\n"
 
 
+def hot_row_script(settings: Settings) -> str:
+    """The least a transaction can do to one product's row: one decrement, in one statement."""
+    return f"UPDATE {settings.catalog_schema}.products SET stock = stock - 1 WHERE id = 1 AND stock >= 1;\n"
+
+
+def hot_batch_script(settings: Settings, orders: int) -> str:
+    """``orders`` orders of product 1 (qty 1, users at random) in one transaction: ``PLACE_ORDERS``."""
+    users = [f"\\set u{k} random(1, 5000)" for k in range(orders)]
+    owners = ", ".join(f"('buyer-' || :u{k})" for k in range(orders))
+    place = _sql(
+        PLACE_ORDERS,
+        settings,
+        {
+            "owners": f"ARRAY[{owners}]",
+            "keys": f"ARRAY[{', '.join(['NULL'] * orders)}]",
+            "line_orders": f"ARRAY[{', '.join(str(k) for k in range(1, orders + 1))}]",
+            "line_products": f"ARRAY[{', '.join(['1'] * orders)}]",
+            "line_qtys": f"ARRAY[{', '.join(['1'] * orders)}]",
+            "wait_for": "ARRAY[1]",
+            "orders": str(orders),
+        },
+    )
+    return "\n".join([*users, "\\startpipeline", _timeouts(settings), place, "\\endpipeline"]) + "\n"
+
+
 def list_script(settings: Settings) -> str:
     page = _sql(FIRST_PAGE, settings, {"owner": "('reader-' || :r)", "limit": "51"})
     return (
@@ -89,6 +120,10 @@ def scripts(settings: Settings, scenario: str, directory: Path) -> list[str]:
         return create
     if scenario == "hot":
         return [write("hot", create_script(settings, 1, hot=True))]
+    if scenario == HOT_ROW:
+        return [write("hot-row", hot_row_script(settings))]
+    if scenario == HOT_X10:
+        return [write("hot-x10", hot_batch_script(settings, FLASH_SALE_REFERENCES[HOT_X10]))]
     listing = write("list", list_script(settings))
     if scenario == "list":
         return [listing]

@@ -93,6 +93,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
                 f"| events: p99 commit -> published <= 250 ms | {row['workers']} | {latency} ms "
                 f"| {'yes' if latency <= 250 else 'no'} |"
             )
+    lines += flash_sale_targets(rows)
     products = [r for r in rows if r["target"] == "product" and not r["variant"]]
     errors = sum(r["non_2xx"] + r["socket_errors"] for r in products)
     lines.append(f"| zero non-2xx | all | {errors} | {'yes' if errors == 0 else 'no'} |")
@@ -201,6 +202,79 @@ def realistic_commit(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+FLASH_SALE_COLUMNS = (
+    ("product hot", {"scenario": "hot", "target": "product"}),
+    ("floor hot", {"scenario": "hot", "target": "floor"}),
+    ("ceiling: 1 order/tx", {"scenario": "hot", "target": "ceiling"}),
+    ("ceiling: bare decrement", {"scenario": "hot-row", "target": "ceiling"}),
+    ("reference: 10 orders/tx", {"scenario": "hot-x10", "target": "ceiling"}),
+)
+
+
+def _flash_sale_modes(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(variant, workers) of each mode with a product hot run: the default mode and 1 ms commits."""
+    product = [row for row in rows if row["target"] == "product" and row["scenario"] == "hot"]
+    workers = max((row["workers"] for row in product if row["variant"] == REALISTIC_COMMIT), default=0)
+    workers = workers or max((row["workers"] for row in product if not row["variant"]), default=0)
+    return [
+        (variant, workers) for variant in ("", REALISTIC_COMMIT) if _find(product, variant=variant, workers=workers)
+    ]
+
+
+def _flash_sale_row(rows: list[dict[str, Any]], match: dict[str, Any], variant: str, workers: int) -> Any:
+    extra = {} if match["target"] == "ceiling" else {"workers": workers}
+    return _find(rows, **match, **extra, variant=variant)
+
+
+def flash_sale(rows: list[dict[str, Any]]) -> list[str]:
+    """Orders/s on one product: the product (combining), the floor, pgbench's one-order ceiling and references."""
+    modes = _flash_sale_modes(rows)
+    if not modes:
+        return ["- (not measured)", ""]
+    lines = [
+        f"| commits ({modes[0][1]} workers) | {' | '.join(name + ' /s' for name, _ in FLASH_SALE_COLUMNS)} "
+        "| product hot / ceiling 1 order/tx | product hot / product create | product hot p99 ms |",
+        f"|---|{'---:|' * len(FLASH_SALE_COLUMNS)}---:|---:|---:|",
+    ]
+    for variant, workers in modes:
+        found = [_flash_sale_row(rows, match, variant, workers) for _, match in FLASH_SALE_COLUMNS]
+        create = _find(rows, scenario="create", target="product", workers=workers, variant=variant)
+        cells = " | ".join(f"{row['req_s']:.0f}" if row else "-" for row in found)
+        hot = found[0]
+        lines.append(
+            f"| {'1 ms' if variant else 'default'} | {cells} | {_ratio(hot, found[2])} | {_ratio(hot, create)} "
+            f"| {hot['p99_ms']:.1f} |"
+        )
+    return [*lines, ""]
+
+
+def flash_sale_targets(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for variant, workers in _flash_sale_modes(rows):
+        if variant != REALISTIC_COMMIT:
+            continue
+        hot = _find(rows, scenario="hot", target="product", workers=workers, variant=variant)
+        top = _find(rows, scenario="hot", target="ceiling", variant=variant)
+        create = _find(rows, scenario="create", target="product", workers=workers, variant=variant)
+        if hot and top:
+            ratio = hot["req_s"] / top["req_s"]
+            lines.append(
+                f"| 1 ms commits: hot >= 1.3 x ceiling (1 order/tx) | {workers} | {ratio:.2f} "
+                f"| {'yes' if ratio >= 1.3 else 'no'} |"
+            )
+        if hot and create:
+            ratio = hot["req_s"] / create["req_s"]
+            lines.append(
+                f"| 1 ms commits: hot >= 0.9 x create | {workers} | {ratio:.2f} | {'yes' if ratio >= 0.9 else 'no'} |"
+            )
+        if hot:
+            p99 = hot["p99_ms"]
+            lines.append(
+                f"| 1 ms commits: p99 <= 100 ms, hot | {workers} | {p99:.1f} ms | {'yes' if p99 <= 100 else 'no'} |"
+            )
+    return lines
+
+
 def growth(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| request | req/s (4 connections) | p50 / p99 ms | CPU ms/req |", "|---|---:|---|---:|"]
     for row in rows:
@@ -220,7 +294,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     rows = results["rows"]
     workers = sorted({row["workers"] for row in rows if row["target"] == "product" and not row["variant"]})
-    figure, axes = plt.subplots(2, len(workers), figsize=(6 * len(workers), 8), squeeze=False)
+    figure, axes = plt.subplots(3, len(workers), figsize=(6 * len(workers), 12), squeeze=False)
     for column, count in enumerate(workers):
         for line, (metric, label) in enumerate((("req_s", "requests/s"), ("p99_ms", "p99 latency (ms)"))):
             axis = axes[line][column]
@@ -242,10 +316,29 @@ def chart(results: dict[str, Any], path: Path) -> None:
             if metric == "p99_ms":
                 axis.axhline(50, color="grey", linestyle="--", linewidth=1)
             axis.legend()
+    _flash_sale_chart(rows, axes[2][0])
+    for axis in axes[2][1:]:
+        axis.set_visible(False)
     figure.suptitle(f"Orders service benchmark, {results['date']}, {results['machine']['cores']} cores")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+def _flash_sale_chart(rows: list[dict[str, Any]], axis: Any) -> None:
+    """Orders/s on one product, per mode: the product, the floor, the ceiling and the references."""
+    modes = _flash_sale_modes(rows)
+    width = 0.8 / len(FLASH_SALE_COLUMNS)
+    for offset, (name, match) in enumerate(FLASH_SALE_COLUMNS):
+        values = []
+        for variant, workers in modes:
+            row = _flash_sale_row(rows, match, variant, workers)
+            values.append(row["req_s"] if row else 0)
+        axis.bar([i + (offset - 2) * width for i in range(len(modes))], values, width, label=name)
+    axis.set_xticks(range(len(modes)), ["default commits" if not variant else "1 ms commits" for variant, _ in modes])
+    axis.set_ylabel("orders/s of one product")
+    axis.set_title(f"Flash sale: every order takes product 1 ({modes[0][1] if modes else '-'} workers)")
+    axis.legend(fontsize="small")
 
 
 def write(results: dict[str, Any]) -> None:
@@ -300,6 +393,16 @@ def write(results: dict[str, Any]) -> None:
         "pgbench alike; the default mode beside it, from the same run.",
         "",
         *realistic_commit(rows),
+    ]
+    lines += [
+        "## Flash sale: one product, every order takes it",
+        "",
+        "Orders of one product serialise on its row. The product combines the orders of a product that arrive",
+        "while its transaction runs into the next one (`ORDER_BATCH_MAX`); the ceiling places one order per",
+        "transaction with the service's statement; the bare decrement is the least a transaction on that row",
+        "can do; the reference places ten orders per transaction with the service's combined statement.",
+        "",
+        *flash_sale(rows),
     ]
     lines += ["## Cost as the work grows (1 worker)", "", *growth(rows)]
     checks = ", ".join(f"{name}: {'holds' if holds else 'BROKEN'}" for name, holds in results["invariants"].items())

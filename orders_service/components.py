@@ -13,6 +13,7 @@ from orders_service.db.readiness_probe import ReadinessProbe
 from orders_service.db.transactions import TransactionRunner
 from orders_service.events.relay_in_serve import RelayInServe
 from orders_service.observability import metrics
+from orders_service.orders.order_combiner import OrderCombiner
 from orders_service.orders.product_gate import ProductGate
 from orders_service.orders.service import OrderService
 from orders_service.orders.store import OrderStore
@@ -54,7 +55,15 @@ class WorkerComponents:
             readiness_runner=readiness_runner,
             readiness=ReadinessProbe(readiness_runner, timeout=settings.health_timeout),
             gate=gate,
-            orders=OrderService(store, gate, on_event_committed=events.event_committed),
+            orders=OrderService(
+                OrderCombiner(
+                    store,
+                    gate,
+                    max_orders=settings.order_batch_max,
+                    wait_seconds=settings.order_batch_wait_ms / 1000,
+                ),
+                on_event_committed=events.event_committed,
+            ),
             events=events,
         )
 

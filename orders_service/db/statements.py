@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, text
 
 SchemaMap = Mapping[str | None, str]
 
@@ -49,3 +49,25 @@ class Statement:
 
     def __repr__(self) -> str:
         return f"Statement({self.name!r})"
+
+
+class TextStatement(Statement):
+    """A statement written as SQL text, for what Core would make harder to read (a recursive walk).
+
+    ``{orders}`` and ``{catalog}`` name the schemas (filled in from the schema mapping, quoted);
+    parameters are psycopg's ``%(name)s``, cast in the text.
+    """
+
+    __slots__ = ("template",)
+
+    def __init__(self, name: str, template: str) -> None:
+        super().__init__(name, text(template))
+        self.template = template
+
+    def compiled(self, dialect: Dialect, schema_map: SchemaMap) -> tuple[str, dict[str, Any]]:
+        key = tuple(sorted((str(placeholder), schema) for placeholder, schema in schema_map.items()))
+        if (cached := self._compiled.get(key)) is None:
+            quote = dialect.identifier_preparer.quote_schema
+            names = {placeholder: quote(schema) for placeholder, schema in schema_map.items() if placeholder}
+            cached = self._compiled[key] = (self.template.format(**names), {})
+        return cached

@@ -38,6 +38,11 @@ BUSY_PRODUCT_RETRIES = Counter(
     "orders_busy_product_retries_total",
     "Orders and cancellations of several products run again after waiting for a product another transaction held.",
 )
+ORDERS_PER_TRANSACTION = Histogram(
+    "orders_per_transaction",
+    "Orders placed together in one transaction (first tries; a flash sale's concurrent orders of one product).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 SERVICE_UNAVAILABLE = Counter(
     "service_unavailable_responses_total", "503 answers of the API (readiness excluded), by cause.", ["cause"]
 )

@@ -47,9 +47,10 @@ class ProductGate:
         An order of several products waits on this one's row first: it is the likeliest to be
         held, and the others are then locked without waiting.
         """
-        return min(product_ids, key=lambda product_id: (-self._users(product_id), product_id))
+        return min(product_ids, key=lambda product_id: (-self.users(product_id), product_id))
 
-    def _users(self, product_id: int) -> int:
+    def users(self, product_id: int) -> int:
+        """How many of this worker's requests hold or wait for ``product_id``'s slot."""
         slot = self._slots.get(product_id)
         return slot.users if slot is not None else 0
 

@@ -13,9 +13,9 @@ from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.observability import metrics
 from orders_service.orders.cursor import decode_cursor, encode_cursor
 from orders_service.orders.errors import IdempotencyKeyReused, OrderNotFound, OrderRejected, RestockOverflow
-from orders_service.orders.product_gate import ProductGate
+from orders_service.orders.order_combiner import OrderCombiner
 from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
-from orders_service.orders.store import CancelOutcome, OrderStore, PlacementOutcome
+from orders_service.orders.store import CancelOutcome, OrderRequest, PlacementOutcome
 from orders_service.orders.wait_plan import WaitPlan
 
 NUMERIC_VALUE_OUT_OF_RANGE = "22003"
@@ -57,12 +57,11 @@ def _ids(product_ids: Iterable[int]) -> str:
 
 
 class OrderService:
-    def __init__(
-        self, orders: OrderStore, gate: ProductGate, *, on_event_committed: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, combiner: OrderCombiner, *, on_event_committed: Callable[[], None] = lambda: None) -> None:
         """``on_event_committed``: called after each commit that wrote an event to the outbox (it wakes the relay)."""
-        self.orders = orders
-        self.gate = gate
+        self.combiner = combiner
+        self.orders = combiner.store
+        self.gate = combiner.gate
         self._on_event_committed = on_event_committed
 
     async def place_order(
@@ -81,16 +80,17 @@ class OrderService:
             raise
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()
-        gate_product = self.gate.busiest(wanted)
+        gate_product = self.combiner.busiest(wanted)
         plan = WaitPlan([gate_product])
-        while True:
+        request = OrderRequest(user_id, wanted, idempotency_key, fingerprint)
+        # The first try may share its transaction with other orders of its product; retries go alone.
+        outcome = await self.combiner.place(gate_product, request, deadline)
+        while outcome.busy and not outcome.missing:
+            gate_product = self._retry_waiting_for(plan, outcome.busy, deadline)[0]
             async with self.gate.admit(gate_product, deadline):
                 outcome = await self.orders.place_order(
                     user_id, wanted, idempotency_key, fingerprint, wait_for=plan.wait_for, deadline=deadline
                 )
-            if outcome.missing or not outcome.busy:
-                break
-            gate_product = self._retry_waiting_for(plan, outcome.busy, deadline)[0]
         if outcome.order is not None:
             metrics.ORDERS_CREATED.inc()
             self._on_event_committed()

@@ -9,6 +9,7 @@ import httpx
 
 from tests.conftest import ALL_ROUTES, Catalog
 from tests.support.granian import GranianServer
+from tests.support.scrape import scrape
 
 # Also through PgBouncer in transaction mode, prepared statements off and on.
 ROUTES = ALL_ROUTES
@@ -78,3 +79,56 @@ async def test_concurrent_mixed_orders_keep_stock_and_orders_consistent(
         assert catalog.units_ordered(product_id) == sold
         assert sold > 0
     assert catalog.order_count() == len(accepted)
+
+
+async def test_a_flash_sale_sells_exactly_the_stock_in_combined_transactions(
+    granian: GranianServer, catalog: Catalog
+) -> None:
+    """400 orders at once, all of product 1 (scarce), a third of them with another product too, each with an
+    Idempotency-Key, 20 of them sent twice: the orders queued behind a transaction of product 1 share the next.
+
+    Every unit sold is in exactly one order, each 200 is one order (twins one), each 400 wrote nothing (not even
+    its key), every order has its event, and the orders really were combined (``orders_per_transaction``)."""
+    catalog.add(1, price_cents=100, stock=150)
+    for product_id in range(2, 7):
+        catalog.add(product_id, price_cents=product_id * 10, stock=1000)
+    orders = []
+    for n in range(400):
+        items = [{"product_id": 1, "qty": n % 2 + 1}]
+        if n % 3 == 0:
+            items.append({"product_id": 2 + n % 5, "qty": 1})
+        orders.append((f"buyer-{n % 50}", f"key-{n}", items))
+    sent = orders + orders[::20]  # every 20th twice
+    before = scrape(granian)
+
+    limits = httpx.Limits(max_connections=len(sent), max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=granian.base_url, limits=limits, timeout=60) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post("/orders", json={"items": items}, headers={"X-User": user, "Idempotency-Key": key})
+                for user, key, items in sent
+            )
+        )
+    after = scrape(granian)
+
+    assert {r.status_code for r in responses} <= {200, 400}
+    assert all(r.json()["reason"] == "insufficient_stock" for r in responses if r.status_code == 400)
+    by_key: dict[str, set[int]] = {}
+    for (_, key, _), response in zip(sent, responses, strict=True):
+        if response.status_code == 200:
+            by_key.setdefault(key, set()).add(response.json()["id"])
+    assert all(len(ids) == 1 for ids in by_key.values())  # a twin answered with its order
+    placed = [next(iter(ids)) for ids in by_key.values()]
+    assert catalog.order_count() == len(placed) == len(set(placed))
+    assert catalog.scalar("SELECT count(*) FROM {orders}.outbox") == len(placed)
+    assert catalog.scalar("SELECT count(*) FROM {orders}.idempotency_keys") == len(placed)
+    assert catalog.scalar("SELECT count(*) FROM {orders}.idempotency_keys WHERE order_id IS NULL") == 0
+    sold = catalog.units_ordered(1)
+    assert catalog.stock(1) == 150 - sold >= 0
+    assert sold >= 149  # orders of 1 unit came after the stock ran low
+    for product_id in range(2, 7):
+        assert catalog.stock(product_id) == 1000 - catalog.units_ordered(product_id)
+    combined = after[("orders_per_transaction_sum", ())] - before.get(("orders_per_transaction_sum", ()), 0)
+    transactions = after[("orders_per_transaction_count", ())] - before.get(("orders_per_transaction_count", ()), 0)
+    assert combined >= len(orders)
+    assert transactions < combined / 2  # combined: 2 orders or more per transaction on average

@@ -1,0 +1,227 @@
+"""Flash sales: the orders of one product that queue while its transaction runs are placed in one transaction.
+
+The service runs in-process (``WorkerComponents``) against the real database. A catalog job
+holds product 1's row, so the first order waits on it and the next ones queue in the combiner
+in a known order; releasing the row lets them through. Invariants are read in the database,
+including which transaction wrote each order (``xmin``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, text
+
+from orders_service.components import WorkerComponents
+from orders_service.config import Settings
+from orders_service.db.transactions import StatementFailed
+from orders_service.db.unavailable import DatabaseUnavailable
+from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected
+from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
+from orders_service.orders.service import OrderService
+from tests.conftest import Catalog
+from tests.support.database import ProvisionedDatabase, backends_waiting_for_a_lock
+from tests.support.faults import wait_until
+
+HOT = 1
+Order = tuple[str, dict[int, int], str | None]  # user, product id -> qty, Idempotency-Key
+
+
+@asynccontextmanager
+async def order_service(settings: Settings) -> AsyncIterator[OrderService]:
+    components = WorkerComponents.create(settings)
+    try:
+        yield components.orders
+    finally:
+        await components.close()
+
+
+def hold(connection: Connection, catalog: Catalog, product_id: int) -> None:
+    """Lock a product's row, as a catalog job would, until ``connection`` rolls back."""
+    connection.execute(text(f"SELECT 1 FROM {catalog.catalog_schema}.products WHERE id = {product_id} FOR UPDATE"))
+
+
+def place(orders: OrderService, order: Order) -> asyncio.Task[tuple[OrderRead, bool]]:
+    user, lines, key = order
+    wanted = [OrderLine(product_id, qty) for product_id, qty in lines.items()]
+    return asyncio.create_task(orders.place_order(user, wanted, key))
+
+
+async def place_behind_a_held_row(
+    orders: OrderService, database: ProvisionedDatabase, catalog: Catalog, first: Order, queued: Sequence[Order]
+) -> list[Any]:
+    """``first`` waits on the hot product's row (held), ``queued`` queue behind it in this order; then the row
+    is released. The answers (or exceptions), first's first."""
+    with catalog.engine.connect() as catalog_job:
+        hold(catalog_job, catalog, HOT)
+        first_task = place(orders, first)
+        await wait_until(lambda: len(backends_waiting_for_a_lock(database)) == 1, 30, "the first order waiting")
+        tasks = []
+        for order in queued:  # one at a time: the arrival order is the order of this list
+            tasks.append(place(orders, order))
+            count = len(tasks)
+            await wait_until(lambda: orders.combiner.queued(HOT) == count, 30, "the order queued")  # noqa: B023
+        catalog_job.rollback()
+    return await asyncio.gather(first_task, *tasks, return_exceptions=True)
+
+
+def transactions_of(catalog: Catalog, users: Sequence[str]) -> list[str | None]:
+    """The transaction id (xmin) that inserted each user's order; None for a user without one."""
+    with catalog.engine.connect() as connection:
+        rows: dict[str, str] = dict(
+            connection.execute(
+                text(f"SELECT user_id, xmin::text FROM {catalog.orders_schema}.orders WHERE user_id = ANY(:users)"),
+                {"users": list(users)},
+            ).all()
+        )
+    return [rows.get(user) for user in users]
+
+
+async def test_queued_orders_are_decided_in_arrival_order_in_one_transaction(
+    settings: Settings, database: ProvisionedDatabase, catalog: Catalog
+) -> None:
+    """10 units: the first order takes 1, then 5 (accepted), 5 (only 4 left), 3, 1, 4 (none left)."""
+    catalog.add(HOT, price_cents=100, stock=10)
+    queued = [(f"buyer-{n}", {HOT: qty}, None) for n, qty in enumerate([5, 5, 3, 1, 4])]
+
+    async with order_service(settings) as orders:
+        results = await place_behind_a_held_row(orders, database, catalog, ("first", {HOT: 1}, None), queued)
+
+    placed = [isinstance(result, tuple) for result in results]
+    assert placed == [True, True, False, True, True, False]
+    for result in (results[2], results[5]):
+        assert isinstance(result, OrderRejected)
+        assert (result.reason, result.product_ids) == ("insufficient_stock", [HOT])
+    assert catalog.stock(HOT) == 0
+    assert catalog.order_count() == 4
+    assert catalog.units_ordered(HOT) == 10
+    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.outbox") == 4
+    batch = transactions_of(catalog, ["buyer-0", "buyer-2", "buyer-3"])
+    assert len(set(batch)) == 1
+    assert None not in batch
+    assert transactions_of(catalog, ["first"]) != batch[:1]
+
+
+async def test_idempotent_twins_and_a_bad_order_in_one_batch(
+    settings: Settings, database: ProvisionedDatabase, catalog: Catalog
+) -> None:
+    """A twin of a queued order replays it; a twin with other lines is refused; an order whose total overflows
+    is refused alone; a key already committed replays; the others are placed."""
+    catalog.add(HOT, price_cents=100, stock=100)
+    for product_id in (3, 4, 5):
+        catalog.add(product_id, price_cents=PG_INT_MAX, stock=PG_INT_MAX)
+    async with order_service(settings) as orders:
+        (earlier, _) = await orders.place_order("dave", [OrderLine(HOT, 1)], "dave-1")
+        too_large = {HOT: 1, 3: PG_INT_MAX, 4: PG_INT_MAX, 5: PG_INT_MAX}
+        queued: list[Order] = [
+            ("alice", {HOT: 2}, "k"),
+            ("bob", too_large, "bob-1"),
+            ("alice", {HOT: 2}, "k"),  # twin: the same order
+            ("carol", {HOT: 1}, "k"),  # the same key, another user: another order
+            ("alice", {HOT: 3}, "k"),  # the same key, other lines
+            ("dave", {HOT: 1}, "dave-1"),  # committed before
+            ("erin", {HOT: 1}, None),
+        ]
+        results = await place_behind_a_held_row(orders, database, catalog, ("first", {HOT: 1}, None), queued)
+
+    _first, alice, bob, alice_twin, carol, alice_other, dave, erin = results
+    assert alice[1] is False
+    assert alice_twin == (alice[0], True)
+    assert isinstance(bob, OrderRejected)
+    assert bob.reason == "total_too_large"
+    assert carol[1] is False
+    assert carol[0].id != alice[0].id
+    assert isinstance(alice_other, IdempotencyKeyReused)
+    assert dave == (earlier, True)
+    assert erin[1] is False
+    assert catalog.stock(HOT) == 100 - 1 - 1 - 2 - 1 - 1
+    assert catalog.order_count() == 5  # dave's, first, alice, carol, erin
+    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.orders WHERE user_id = 'bob'") == 0
+    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.idempotency_keys WHERE key = 'bob-1'") == 0
+    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.idempotency_keys") == 3
+    assert all(catalog.stock(product_id) == PG_INT_MAX for product_id in (3, 4, 5))
+    assert len(set(transactions_of(catalog, ["alice", "carol", "erin"]))) == 1  # the twins waited for the next batch
+
+
+async def test_an_order_that_fails_the_statement_fails_alone(
+    settings: Settings, database: ProvisionedDatabase, catalog: Catalog
+) -> None:
+    """A value the table refuses (here a user id longer than the column, which the API's guard would stop) fails
+    the batch's statement: its orders are placed again one by one, and only that one fails."""
+    catalog.add(HOT, price_cents=100, stock=10)
+    queued = [("amy", {HOT: 1}, "a"), ("x" * 300, {HOT: 1}, None), ("ben", {HOT: 2}, None)]
+
+    async with order_service(settings) as orders:
+        results = await place_behind_a_held_row(orders, database, catalog, ("first", {HOT: 1}, None), queued)
+
+    assert [type(result) for result in results] == [tuple, tuple, StatementFailed, tuple]
+    assert catalog.stock(HOT) == 10 - 1 - 1 - 2
+    assert catalog.order_count() == 3
+    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.outbox") == 3
+
+
+async def test_a_connection_lost_mid_batch_answers_each_order_that_its_outcome_is_unknown(
+    settings: Settings, database: ProvisionedDatabase, catalog: Catalog
+) -> None:
+    """The batch's backend is terminated while it waits on the row: every order of it answers 503, outcome
+    unknown, nothing was written, and retrying with the same keys places each order once."""
+    catalog.add(HOT, price_cents=100, stock=50)
+    catalog.add(2, price_cents=300, stock=50)
+    queued: list[Order] = [(f"buyer-{n}", {HOT: 1, 2: n % 2 + 1} if n % 3 else {HOT: 2}, f"key-{n}") for n in range(6)]
+
+    def terminate_the_waiting_backend() -> int:
+        with catalog.engine.connect() as dba:
+            (pid,) = backends_waiting_for_a_lock(database)
+            assert dba.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        return pid
+
+    async with order_service(settings) as orders:
+        with catalog.engine.connect() as catalog_job:
+            hold(catalog_job, catalog, HOT)
+            first = place(orders, ("first", {HOT: 1}, "first"))
+            await wait_until(lambda: len(backends_waiting_for_a_lock(database)) == 1, 30, "the first order waiting")
+            tasks = [place(orders, order) for order in queued]
+            await wait_until(lambda: orders.combiner.queued(HOT) == len(queued), 30, "the orders queued")
+            firsts = terminate_the_waiting_backend()  # the first order's: the batch starts and waits on the row
+            await wait_until(
+                lambda: (
+                    orders.combiner.queued(HOT) == 0 and backends_waiting_for_a_lock(database) not in ([], [firsts])
+                ),
+                30,
+                "the batch waiting on the row",
+            )
+            terminate_the_waiting_backend()
+            results = await asyncio.gather(first, *tasks, return_exceptions=True)
+            catalog_job.rollback()
+        assert catalog.order_count() == 0
+        assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.idempotency_keys") == 0
+        for result in results:
+            assert isinstance(result, DatabaseUnavailable)
+            assert (result.cause, result.outcome_unknown) == ("database_unavailable", True)
+
+        retried = await asyncio.gather(*(place(orders, order) for order in [("first", {HOT: 1}, "first"), *queued]))
+
+    assert all(replayed is False for _, replayed in retried)
+    assert catalog.order_count() == 7
+    assert catalog.stock(HOT) == 50 - 1 - sum(lines[HOT] for _, lines, _ in queued)
+    assert catalog.stock(2) == 50 - sum(lines.get(2, 0) for _, lines, _ in queued)
+    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.outbox") == 7
+
+
+@pytest.mark.parametrize("max_orders", ["1"])
+async def test_order_batch_max_1_places_every_order_alone(
+    settings: Settings, database: ProvisionedDatabase, catalog: Catalog, max_orders: str
+) -> None:
+    catalog.add(HOT, price_cents=100, stock=10)
+    alone = Settings.from_env({**settings.as_env(), "ORDER_BATCH_MAX": max_orders})
+    queued = [(f"buyer-{n}", {HOT: 1}, None) for n in range(3)]
+
+    async with order_service(alone) as orders:
+        results = await place_behind_a_held_row(orders, database, catalog, ("first", {HOT: 1}, None), queued)
+
+    assert all(isinstance(result, tuple) for result in results)
+    assert len(set(transactions_of(catalog, ["first", *(user for user, _, _ in queued)]))) == 4
