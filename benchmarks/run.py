@@ -473,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-realistic-commit", action="store_true", help="skip the runs with 1 ms commits (as on cloud storage)"
     )
     parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS} (none with --only-events)")
+    parser.add_argument("--report", default="benchmarks", help="write docs/<REPORT>.md and docs/<REPORT>.png")
     args = parser.parse_args(argv)
     scenarios = tuple(args.scenarios.split(","))
     started = time.time()
@@ -498,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_realistic_commit(bench, max(int(w) for w in args.workers.split(",")), realistic)
     results = {
         "run_id": uuid.uuid4().hex[:8],
+        "command": " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         "took_s": round(time.time() - started),
         "machine": {**machine(), "postgresql": server_version[0] if server_version else "?"},
@@ -513,8 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or RESULTS
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1) + "\n")
-    report.write(results)
-    print(f"results: {output}, docs/benchmarks.md, docs/benchmarks.png", flush=True)
+    report.write(results, args.report)
+    print(f"results: {output}, docs/{args.report}.md, docs/{args.report}.png", flush=True)
     return 0 if all(bench.invariants.values()) else 1
 
 

@@ -16,14 +16,15 @@ from tests.support.faults import wait_until
 from tests.support.granian import GranianServer, start_granian
 from tests.support.scrape import scrape
 
-HELD, OTHER = 1, 2
-POOL_SIZE = 2  # = PRODUCT_GATE_LIMIT: the held product's orders take the whole pool
+HELD, HELD_TOO, OTHER = 1, 3, 2
+POOL_SIZE = 2  # the two held products' transactions take the whole pool
 
 
 @pytest.fixture
 def service(settings: Settings, catalog: Catalog, tmp_path: Path) -> Iterator[GranianServer]:
     catalog.add(HELD, stock=1000)
     catalog.add(OTHER, stock=1000)
+    catalog.add(HELD_TOO, stock=1000)
     small = Settings.from_env({**settings.as_env(), "DB_POOL_SIZE": str(POOL_SIZE), "PRODUCT_GATE_LIMIT": "2"})
     with start_granian(small, workers=1, metrics_dir=tmp_path / "metrics") as server:
         yield server
@@ -45,7 +46,8 @@ async def test_gauges_count_the_requests_waiting_behind_a_held_row(
 ) -> None:
     idle = {"in_use": 0, "max": POOL_SIZE, "pool_waiting": 0, "gate_waiting": 0}
     assert gauges(service) == idle
-    waiting = {"in_use": POOL_SIZE, "max": POOL_SIZE, "pool_waiting": 2, "gate_waiting": 3}
+    # The first order of OTHER waits for a connection; the second queues behind it for OTHER's next transaction.
+    waiting = {"in_use": POOL_SIZE, "max": POOL_SIZE, "pool_waiting": 1, "gate_waiting": 4}
     async with httpx.AsyncClient(base_url=service.base_url, headers={"X-User": "gauged"}, timeout=30) as client:
 
         async def order(product_id: int) -> int:
@@ -53,9 +55,14 @@ async def test_gauges_count_the_requests_waiting_behind_a_held_row(
             return response.status_code
 
         with engine.connect() as other_writer:
-            other_writer.execute(text(f"SELECT 1 FROM {settings.catalog_schema}.products WHERE id = {HELD} FOR UPDATE"))
-            held = [asyncio.create_task(order(HELD)) for _ in range(5)]  # 2 on the row, 3 at the gate
+            other_writer.execute(
+                text(f"SELECT 1 FROM {settings.catalog_schema}.products WHERE id IN ({HELD}, {HELD_TOO}) FOR UPDATE")
+            )
+            # One transaction per product waits on its row; the other orders of HELD queue for its next one.
+            held = [asyncio.create_task(order(HELD)) for _ in range(4)]
             await wait_until(lambda: gauges(service)["gate_waiting"] == 3, 4, "3 orders waiting at the gate")
+            held.append(asyncio.create_task(order(HELD_TOO)))
+            await wait_until(lambda: gauges(service)["in_use"] == POOL_SIZE, 4, "both held rows waited on")
             others = [asyncio.create_task(order(OTHER)) for _ in range(2)]  # no connection left for them
             await wait_until(lambda: gauges(service) == waiting, 4, f"gauges {waiting}")
             other_writer.rollback()
