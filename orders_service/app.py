@@ -19,10 +19,10 @@ from orders_service.api.openapi import complete_document, openapi_config, swagge
 from orders_service.api.orders import OrderController
 from orders_service.api.problem_details import problem_details_plugin
 from orders_service.api.request_checks import BODY_READ_TIMEOUT_STATE, CLIENT_CLOSED_REQUEST
-from orders_service.components import WorkerComponents
 from orders_service.config import Settings
 from orders_service.db.engine import sqlalchemy_config
 from orders_service.db.unavailable import DatabaseUnavailable
+from orders_service.lifecycle.worker_components import WorkerComponents
 from orders_service.observability import logs
 from orders_service.observability.http_metrics import (
     HTTPMetricsMiddleware,

@@ -91,7 +91,7 @@ class TransactionRunner:
         self._engine = engine
         self._dialect = engine.dialect
         self._admission = asyncio.Semaphore(pool_size)
-        self._pool_timeout = pool_timeout
+        self.pool_timeout = pool_timeout
         self._schema_map = settings.schema_translate_map
         self._timeouts = {
             "lock_timeout": str(settings.db_lock_timeout_ms),
@@ -105,6 +105,11 @@ class TransactionRunner:
             metrics.POOL_MAX.labels(pool=pool_name).set(pool_size)
             self._in_use = metrics.POOL_IN_USE.labels(pool=pool_name)
             self._waiting = metrics.POOL_WAITING.labels(pool=pool_name)
+
+    @property
+    def saturated(self) -> bool:
+        """Every connection of the pool is in use or promised: a request starting now would wait for one."""
+        return self._admission.locked()
 
     def deadline(self) -> float:
         """The event-loop time by which a request starting now must have its answer."""
@@ -164,7 +169,7 @@ class TransactionRunner:
         loop = asyncio.get_running_loop()
         self._waiting.inc()
         try:
-            async with asyncio.timeout_at(min(deadline, loop.time() + self._pool_timeout)):
+            async with asyncio.timeout_at(min(deadline, loop.time() + self.pool_timeout)):
                 await self._admission.acquire()
         except TimeoutError:
             raise DatabaseUnavailable("pool_exhausted") from None

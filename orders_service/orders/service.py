@@ -81,10 +81,10 @@ class OrderService:
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
         deadline = self.orders.runner.deadline()
         gate_product = self.combiner.busiest(wanted)
-        plan = WaitPlan([gate_product])
         request = OrderRequest(user_id, wanted, idempotency_key, fingerprint)
-        # The first try may share its transaction with other orders of its product; retries go alone.
-        outcome = await self.combiner.place(gate_product, request, deadline)
+        # The first try may share its transaction with other orders; retries go alone.
+        outcome, waited_for = await self.combiner.place(gate_product, request, deadline)
+        plan = WaitPlan(waited_for)
         while outcome.busy and not outcome.missing:
             gate_product = self._retry_waiting_for(plan, outcome.busy, deadline)[0]
             async with self.gate.admit(gate_product, deadline):

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
-from orders_service.components import WorkerComponents
 from orders_service.config import Settings
 from orders_service.db.transactions import StatementFailed
 from orders_service.db.unavailable import DatabaseUnavailable
+from orders_service.lifecycle.worker_components import WorkerComponents
 from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected
 from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
 from orders_service.orders.service import OrderService
@@ -225,3 +225,48 @@ async def test_order_batch_max_1_places_every_order_alone(
 
     assert all(isinstance(result, tuple) for result in results)
     assert len(set(transactions_of(catalog, ["first", *(user for user, _, _ in queued)]))) == 4
+
+
+async def test_orders_that_find_every_connection_in_use_share_the_next_transaction_whatever_their_products(
+    settings: Settings, database: ProvisionedDatabase, catalog: Catalog
+) -> None:
+    """One connection, taken by an order waiting on a held row: the orders of other products that arrive
+    meanwhile wait for the next connection together and are placed in one transaction, which waits for no
+    row: an order whose product another transaction holds is skipped and tries again alone."""
+    for product_id, stock in ((2, 10), (3, 1), (5, 10), (9, 10)):
+        catalog.add(product_id, price_cents=100, stock=stock)
+    one_connection = Settings.from_env({**settings.as_env(), "DB_POOL_SIZE": "1"})
+
+    async with order_service(one_connection) as orders:
+        with catalog.engine.connect() as job_on_9, catalog.engine.connect() as job_on_5:
+            hold(job_on_9, catalog, 9)
+            hold(job_on_5, catalog, 5)
+            first = place(orders, ("first", {9: 1}, None))
+            await wait_until(lambda: len(backends_waiting_for_a_lock(database)) == 1, 30, "the first order waiting")
+            assert orders.orders.runner.saturated
+            # All four arrive before the next transaction forms (one turn of the event loop).
+            queued = [
+                place(orders, order)
+                for order in [
+                    ("bea", {2: 1}, None),
+                    ("cal", {3: 2}, None),
+                    ("eve", {5: 1}, None),
+                    ("fay", {2: 3}, None),
+                ]
+            ]
+            job_on_9.rollback()
+            first_result = await first
+            await wait_until(lambda: len(backends_waiting_for_a_lock(database)) == 1, 30, "eve's retry waiting on 5")
+            job_on_5.rollback()
+            bea, cal, eve, fay = await asyncio.gather(*queued, return_exceptions=True)
+
+    assert first_result[1] is False
+    assert isinstance(cal, OrderRejected)
+    assert (cal.reason, cal.product_ids) == ("insufficient_stock", [3])
+    for result in (bea, eve, fay):
+        assert isinstance(result, tuple)
+    assert (catalog.stock(2), catalog.stock(3), catalog.stock(5), catalog.stock(9)) == (6, 1, 9, 9)
+    assert catalog.order_count() == 4
+    bea_tx, eve_tx, fay_tx = transactions_of(catalog, ["bea", "eve", "fay"])
+    assert bea_tx == fay_tx
+    assert eve_tx != bea_tx
