@@ -166,7 +166,7 @@ class OrderCombiner:
 
     async def _run_next(self, product_id: int, queue: _Queue) -> None:
         try:
-            if self.wait_seconds > 0 and len(queue.pending) < self.max_orders:
+            if self.wait_seconds > 0 and 0 < len(queue.pending) < self.max_orders:
                 earliest = min(waiter.deadline for waiter in queue.pending)
                 pause = min(self.wait_seconds, earliest - asyncio.get_running_loop().time())
                 if pause > 0:

@@ -81,14 +81,17 @@ def transactions_of(catalog: Catalog, users: Sequence[str]) -> list[str | None]:
     return [rows.get(user) for user in users]
 
 
+@pytest.mark.parametrize("batch_wait_ms", ["0", "20"])
 async def test_queued_orders_are_decided_in_arrival_order_in_one_transaction(
-    settings: Settings, database: ProvisionedDatabase, catalog: Catalog
+    settings: Settings, database: ProvisionedDatabase, catalog: Catalog, batch_wait_ms: str
 ) -> None:
-    """10 units: the first order takes 1, then 5 (accepted), 5 (only 4 left), 3, 1, 4 (none left)."""
+    """10 units: the first order takes 1, then 5 (accepted), 5 (only 4 left), 3, 1, 4 (none left); also when
+    the next transaction waits ORDER_BATCH_WAIT_MS for more orders."""
     catalog.add(HOT, price_cents=100, stock=10)
     queued = [(f"buyer-{n}", {HOT: qty}, None) for n, qty in enumerate([5, 5, 3, 1, 4])]
+    waiting = Settings.from_env({**settings.as_env(), "ORDER_BATCH_WAIT_MS": batch_wait_ms})
 
-    async with order_service(settings) as orders:
+    async with order_service(waiting) as orders:
         results = await place_behind_a_held_row(orders, database, catalog, ("first", {HOT: 1}, None), queued)
 
     placed = [isinstance(result, tuple) for result in results]
