@@ -103,14 +103,7 @@ class OrderCombiner:
             queue = self._queues[product_id] = _Queue(running=True)
             try:
                 async with self.gate.admit(product_id, deadline):
-                    outcome = await self.store.place_order(
-                        request.user_id,
-                        request.wanted,
-                        request.idempotency_key,
-                        request.request_hash,
-                        wait_for=[product_id],
-                        deadline=deadline,
-                    )
+                    outcome = await self._place_alone(request, [product_id], deadline)
             finally:
                 metrics.ORDERS_PER_TRANSACTION.observe(1)
                 self._next(product_id, queue)
@@ -202,25 +195,26 @@ class OrderCombiner:
         """A product's transactions go through its gate; those of any product wait for no row, so need none."""
         return self.gate.admit(key, deadline) if key != ANY_PRODUCT else nullcontext()
 
+    async def _place_alone(self, request: OrderRequest, wait_for: list[int], deadline: float) -> PlacementOutcome:
+        return await self.store.place_order(
+            request.user_id,
+            request.wanted,
+            request.idempotency_key,
+            request.request_hash,
+            wait_for=wait_for,
+            deadline=deadline,
+        )
+
     async def _run_batch(self, key: int, batch: list[_Waiter]) -> None:
         deadline = min(waiter.deadline for waiter in batch)
         requests = [waiter.request for waiter in batch]
-        wait_for = [key] if key != ANY_PRODUCT else []
+        wait_for = _waits_for(key)
         metrics.ORDERS_PER_TRANSACTION.observe(len(batch))
         try:
             async with self._admit(key, deadline):
                 if len(batch) == 1:
                     (request,) = requests
-                    outcomes = [
-                        await self.store.place_order(
-                            request.user_id,
-                            request.wanted,
-                            request.idempotency_key,
-                            request.request_hash,
-                            wait_for=wait_for,
-                            deadline=deadline,
-                        )
-                    ]
+                    outcomes = [await self._place_alone(request, wait_for, deadline)]
                 else:
                     outcomes = await self.store.place_orders(requests, wait_for=wait_for, deadline=deadline)
         except StatementFailed as failed:
@@ -240,19 +234,12 @@ class OrderCombiner:
 
     async def _one_by_one(self, key: int, batch: list[_Waiter]) -> None:
         """A batch failed with a statement error: each order alone, so that only the bad one fails."""
-        wait_for = [key] if key != ANY_PRODUCT else []
+        wait_for = _waits_for(key)
         for waiter in batch:
             request = waiter.request
             try:
                 async with self._admit(key, waiter.deadline):
-                    outcome = await self.store.place_order(
-                        request.user_id,
-                        request.wanted,
-                        request.idempotency_key,
-                        request.request_hash,
-                        wait_for=wait_for,
-                        deadline=waiter.deadline,
-                    )
+                    outcome = await self._place_alone(request, wait_for, waiter.deadline)
             except Exception as failure:  # noqa: BLE001 - the order's own answer
                 _fail([waiter], failure)
                 continue
@@ -268,6 +255,11 @@ def _fail(batch: list[_Waiter], failure: BaseException) -> None:
                 waiter.outcome.cancel()
             else:
                 waiter.outcome.set_exception(failure)
+
+
+def _waits_for(key: int) -> list[int]:
+    """The rows a transaction of ``key``'s queue waits for: its product's, or none in the queue of any product."""
+    return [key] if key != ANY_PRODUCT else []
 
 
 def _waiting_gauge(key: int) -> Any:
