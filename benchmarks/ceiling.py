@@ -20,12 +20,12 @@ from benchmarks.seed import PRODUCTS, READERS
 from orders_service.config import Settings
 from orders_service.db.statements import Statement
 from orders_service.db.transactions import SET_TIMEOUTS
-from orders_service.orders.order_batch_sql import PLACE_ORDERS
-from orders_service.orders.order_sql import FIRST_PAGE, PLACE_ORDER
+from orders_service.orders.place_sql import PLACE_ORDERS
+from orders_service.orders.read_sql import FIRST_PAGE
 
 # The flash-sale references beside ``hot``'s ceiling (the service's one order per transaction, one statement):
 HOT_ROW = "hot-row"  # one statement that only decrements product 1's row: one row per transaction, nothing else
-HOT_X10 = "hot-x10"  # the service's combined statement placing ten orders of product 1 per transaction
+HOT_X10 = "hot-x10"  # the service's statement placing ten orders of product 1 per transaction
 FLASH_SALE_REFERENCES = {HOT_ROW: 1, HOT_X10: 10}  # orders per transaction
 
 
@@ -54,22 +54,36 @@ def _timeouts(settings: Settings) -> str:
     )
 
 
-def create_script(settings: Settings, products: int, *, hot: bool = False) -> str:
-    """An order of ``products`` distinct products (ascending, as the service sends them), qty 1."""
-    bounds = [(1 + k * PRODUCTS // products, (k + 1) * PRODUCTS // products) for k in range(products)]
-    sets = [f"\\set p{k} random({low}, {high})" for k, (low, high) in enumerate(bounds)]
-    ids = "1" if hot else ", ".join(f":p{k}" for k in range(products))
-    place = _sql(
-        PLACE_ORDER,
+def _place_orders(settings: Settings, owners: list[str], lines: list[tuple[int, str]], wait_for: str) -> str:
+    """``PLACE_ORDERS`` for orders without keys: ``lines`` are (order number, product id expression), qty 1."""
+
+    def array(values: list[str]) -> str:
+        return f"ARRAY[{', '.join(values)}]"
+
+    return _sql(
+        PLACE_ORDERS,
         settings,
         {
-            "owner": "('buyer-' || :u)",
-            "idempotency_key": "NULL",
-            "product_ids": f"ARRAY[{ids}]",
-            "qtys": f"ARRAY[{', '.join(['1'] * (1 if hot else products))}]",
-            "wait_for": "ARRAY[1]" if hot else "ARRAY[:p0]",  # as the service: waits for the first product's row only
+            "owners": array(owners),
+            "keys": array(["NULL"] * len(owners)),
+            "hashes": array(["NULL"] * len(owners)),
+            "line_orders": array([str(number) for number, _ in lines]),
+            "line_products": array([product for _, product in lines]),
+            "line_qtys": array(["1"] * len(lines)),
+            "line_held": array(["0"] * len(lines)),
+            "wait_for": wait_for,
+            "orders": str(len(owners)),
         },
     )
+
+
+def create_script(settings: Settings, products: int, *, hot: bool = False) -> str:
+    """An order of ``products`` distinct products (ascending, as the service sends them), qty 1, alone."""
+    bounds = [(1 + k * PRODUCTS // products, (k + 1) * PRODUCTS // products) for k in range(products)]
+    sets = [f"\\set p{k} random({low}, {high})" for k, (low, high) in enumerate(bounds)]
+    ids = ["1"] if hot else [f":p{k}" for k in range(products)]
+    # As the service: the transaction waits for the first product's row only.
+    place = _place_orders(settings, ["('buyer-' || :u)"], [(1, product) for product in ids], ids[0])
     lines = ["\\set u random(1, 5000)", *([] if hot else sets), "\\startpipeline", _timeouts(settings), place]
     return "\n".join([*lines, "\\endpipeline"]) + "\n"
 
@@ -82,20 +96,8 @@ def hot_row_script(settings: Settings) -> str:
 def hot_batch_script(settings: Settings, orders: int) -> str:
     """``orders`` orders of product 1 (qty 1, users at random) in one transaction: ``PLACE_ORDERS``."""
     users = [f"\\set u{k} random(1, 5000)" for k in range(orders)]
-    owners = ", ".join(f"('buyer-' || :u{k})" for k in range(orders))
-    place = _sql(
-        PLACE_ORDERS,
-        settings,
-        {
-            "owners": f"ARRAY[{owners}]",
-            "keys": f"ARRAY[{', '.join(['NULL'] * orders)}]",
-            "line_orders": f"ARRAY[{', '.join(str(k) for k in range(1, orders + 1))}]",
-            "line_products": f"ARRAY[{', '.join(['1'] * orders)}]",
-            "line_qtys": f"ARRAY[{', '.join(['1'] * orders)}]",
-            "wait_for": "ARRAY[1]",
-            "orders": str(orders),
-        },
-    )
+    owners = [f"('buyer-' || :u{k})" for k in range(orders)]
+    place = _place_orders(settings, owners, [(k, "1") for k in range(1, orders + 1)], "1")
     return "\n".join([*users, "\\startpipeline", _timeouts(settings), place, "\\endpipeline"]) + "\n"
 
 

@@ -12,6 +12,7 @@ UnavailableCause = Literal[
     "statement_timeout",
     "pool_exhausted",
     "product_busy",
+    "queue_full",
     "deadlock",
     "table_missing",
 ]

@@ -44,9 +44,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     db_keepalives_idle: Annotated[int, msgspec.Meta(ge=1, le=7200)] = 10
     db_keepalives_interval: Annotated[int, msgspec.Meta(ge=1, le=600)] = 5
     db_keepalives_count: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
-    product_gate_limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
     order_batch_max: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 64
     order_batch_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
+    order_queue_per_product: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1_000
+    order_queue_per_worker: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4_000
     listen_host: str = "0.0.0.0"  # noqa: S104 - the container must be reachable by the Gateway
     listen_port: Port = 8000
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1

@@ -56,6 +56,29 @@ def catalog(engine: Engine, settings: Settings) -> Catalog:
     return Catalog(engine, settings)
 
 
+STOCK_CHECK = "products_stock_check"
+
+
+@pytest.fixture(params=["with CHECK (stock >= 0)", "without a stock CHECK"])
+def stock_check(request: pytest.FixtureRequest, catalog: Catalog) -> Iterator[bool]:
+    """Run the test against the catalog with ``CHECK (stock >= 0)`` and without it: the catalog team's table may
+    have none, and with one an oversell would show only as a statement error."""
+    checked = request.param.startswith("with ")
+    if not checked:
+        with catalog.engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {catalog.catalog_schema}.products DROP CONSTRAINT {STOCK_CHECK}"))
+    try:
+        yield checked
+    finally:
+        if not checked:
+            with catalog.engine.begin() as connection:
+                connection.execute(
+                    text(
+                        f"ALTER TABLE {catalog.catalog_schema}.products ADD CONSTRAINT {STOCK_CHECK} CHECK (stock >= 0)"
+                    )
+                )
+
+
 class Catalog:
     """Reads and writes the test database directly, to set up products and check invariants."""
 

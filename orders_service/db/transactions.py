@@ -49,6 +49,10 @@ SET_TIMEOUTS = (
     " set_config('statement_timeout', %(statement_timeout)s, true)"
 )
 _RETRYABLE = {"40P01": "deadlock", "40001": "serialization_failure"}
+# A unique key that a concurrent transaction committed while this one waited: run again, it then sees the row
+# (an order's Idempotency-Key, written with its order after the wait for a product: ``place_sql``).
+_RETRYABLE_CONFLICTS = {"pk_idempotency_keys": "idempotency_key_race"}
+UNIQUE_VIOLATION = "23505"
 # A table or column missing (migrations or the catalog out of step), or a privilege not granted.
 _SCHEMA_OUT_OF_STEP: dict[str, UnavailableCause] = {
     "42P01": "table_missing",
@@ -115,19 +119,31 @@ class TransactionRunner:
         """The event-loop time by which a request starting now must have its answer."""
         return asyncio.get_running_loop().time() + self.budget
 
-    async def run(self, steps: Sequence[Step], *, writes: bool, deadline: float | None = None) -> list[Rows]:
+    async def run(
+        self,
+        steps: Sequence[Step],
+        *,
+        writes: bool,
+        deadline: float | None = None,
+        lock_timeout_ms: int | None = None,
+    ) -> list[Rows]:
         """Run ``steps`` as one transaction and return each statement's rows.
 
         ``writes`` says whether the steps change data: when the connection is lost after they
         were sent, the outcome is then unknown (the commit may have happened), and the 503 says so.
-        A deadlock or serialization failure rolled everything back, so the steps are run again
-        (``MAX_ATTEMPTS`` in all). Nothing waits past ``deadline`` (default: ``budget`` from now).
+        A deadlock, a serialization failure or a unique key a concurrent transaction just committed
+        rolled everything back, so the steps are run again (``MAX_ATTEMPTS`` in all). Nothing waits
+        past ``deadline`` (default: ``budget`` from now). ``lock_timeout_ms``: a shorter wait for a
+        row lock than ``DB_LOCK_TIMEOUT_MS`` for this transaction (sent with it).
         """
         if deadline is None:
             deadline = self.deadline()
+        timeouts = self._timeouts
+        if lock_timeout_ms is not None and lock_timeout_ms < int(self._timeouts["lock_timeout"]):
+            timeouts = {**self._timeouts, "lock_timeout": str(max(1, lock_timeout_ms))}
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return await self._run_once(steps, writes=writes, deadline=deadline)
+                return await self._run_once(steps, writes=writes, deadline=deadline, timeouts=timeouts)
             except _Retryable as conflict:
                 if attempt == MAX_ATTEMPTS:
                     raise DatabaseUnavailable("deadlock", context=conflict.cause) from None
@@ -135,7 +151,9 @@ class TransactionRunner:
                 logger.info("retrying a transaction after a %s (attempt %d)", conflict.cause, attempt + 1)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run_once(self, steps: Sequence[Step], *, writes: bool, deadline: float) -> list[Rows]:
+    async def _run_once(
+        self, steps: Sequence[Step], *, writes: bool, deadline: float, timeouts: Mapping[str, str]
+    ) -> list[Rows]:
         await self._admit(deadline)
         self._in_use.inc()
         try:
@@ -149,7 +167,7 @@ class TransactionRunner:
                 cause = exc.orig if isinstance(exc, DBAPIError) else exc
                 raise DatabaseUnavailable("database_unavailable", context=_describe(cause)) from None
             try:
-                return await self._send(connection, steps, writes=writes, deadline=deadline)
+                return await self._send(connection, steps, writes=writes, deadline=deadline, timeouts=timeouts)
             finally:
                 connection.close()  # back to the pool: nothing to reset, each pipeline ended its transaction
         finally:
@@ -177,18 +195,24 @@ class TransactionRunner:
             self._waiting.dec()
 
     async def _send(
-        self, connection: PoolProxiedConnection, steps: Sequence[Step], *, writes: bool, deadline: float
+        self,
+        connection: PoolProxiedConnection,
+        steps: Sequence[Step],
+        *,
+        writes: bool,
+        deadline: float,
+        timeouts: Mapping[str, str],
     ) -> list[Rows]:
         driver: psycopg.AsyncConnection[Any] = connection.driver_connection  # type: ignore[assignment]
         cursors = [driver.cursor() for _ in steps]
-        send_timeouts = not connection.info.get(ROLE_SETS_TIMEOUTS, False)
+        send_timeouts = timeouts is not self._timeouts or not connection.info.get(ROLE_SETS_TIMEOUTS, False)
         watchdog = _Watchdog(driver, deadline)
         try:
             if len(steps) > 1 or send_timeouts:
                 # One round trip, one implicit transaction: everything before the pipeline's Sync.
                 async with driver.pipeline():
                     if send_timeouts:
-                        await driver.cursor().execute(SET_TIMEOUTS, self._timeouts)
+                        await driver.cursor().execute(SET_TIMEOUTS, timeouts)
                     for cursor, step in zip(cursors, steps, strict=True):
                         await cursor.execute(*self._query(step))
             else:
@@ -243,8 +267,11 @@ class TransactionRunner:
             return DatabaseUnavailable(
                 cause, outcome_unknown=writes, connection_lost=not timed_out, context=_describe(exc)
             )
-        if sqlstate in _RETRYABLE:
-            return _Retryable(_RETRYABLE[sqlstate])
+        retry_cause = _RETRYABLE.get(sqlstate)
+        if sqlstate == UNIQUE_VIOLATION:
+            retry_cause = _RETRYABLE_CONFLICTS.get(exc.diag.constraint_name or "")
+        if retry_cause is not None:
+            return _Retryable(retry_cause)
         if sqlstate == "55P03":
             return DatabaseUnavailable("lock_timeout")
         if sqlstate == "57014":

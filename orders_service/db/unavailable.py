@@ -23,6 +23,7 @@ class DatabaseUnavailable(Exception):
         "statement_timeout": "The database statement took too long",
         "pool_exhausted": "Every database connection of this instance is busy",
         "product_busy": "Too many requests are waiting for the same product",
+        "queue_full": "Too many orders are waiting in this instance",
         "deadlock": "The transaction kept conflicting with other writers",
         "table_missing": "A table the service needs is missing",
     }

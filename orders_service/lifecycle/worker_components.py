@@ -1,5 +1,5 @@
 """The composition root: builds what one worker shares between requests (engines, transaction runners, the product
-gate, the order service, the events relay) and closes it on shutdown."""
+queues, the order service, the events relay) and closes it on shutdown."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from orders_service.db.readiness_probe import ReadinessProbe
 from orders_service.db.transactions import TransactionRunner
 from orders_service.events.relay_in_serve import RelayInServe
 from orders_service.observability import metrics
-from orders_service.orders.order_combiner import OrderCombiner
-from orders_service.orders.product_gate import ProductGate
+from orders_service.orders.product_queues import ProductQueues
 from orders_service.orders.service import OrderService
 from orders_service.orders.store import OrderStore
 
@@ -25,7 +24,7 @@ class WorkerComponents:
     runner: TransactionRunner
     readiness_runner: TransactionRunner
     readiness: ReadinessProbe
-    gate: ProductGate
+    queues: ProductQueues
     orders: OrderService
     events: RelayInServe
 
@@ -39,8 +38,14 @@ class WorkerComponents:
             pool_timeout=settings.db_pool_timeout,
             pool_name=metrics.REQUEST_POOL,
         )
-        gate = ProductGate(settings.product_gate_limit, timeout=settings.db_lock_timeout_ms / 1000)
-        store = OrderStore(runner)
+        queues = ProductQueues(
+            OrderStore(runner),
+            max_orders=settings.order_batch_max,
+            lock_timeout=settings.db_lock_timeout_ms / 1000,
+            per_product=settings.order_queue_per_product,
+            per_worker=settings.order_queue_per_worker,
+            wait_seconds=settings.order_batch_wait_ms / 1000,
+        )
         events = RelayInServe(settings, runner)
         readiness_runner = TransactionRunner(
             readiness_engine(settings),
@@ -54,16 +59,8 @@ class WorkerComponents:
             runner=runner,
             readiness_runner=readiness_runner,
             readiness=ReadinessProbe(readiness_runner, timeout=settings.health_timeout),
-            gate=gate,
-            orders=OrderService(
-                OrderCombiner(
-                    store,
-                    gate,
-                    max_orders=settings.order_batch_max,
-                    wait_seconds=settings.order_batch_wait_ms / 1000,
-                ),
-                on_event_committed=events.event_committed,
-            ),
+            queues=queues,
+            orders=OrderService(queues, on_event_committed=events.event_committed),
             events=events,
         )
 

@@ -30,17 +30,21 @@ ORDER_CREATE_FAILURES = Counter("order_create_failures_total", "Orders rejected,
 for _reason in get_args(RejectionReason):
     ORDER_CREATE_FAILURES.labels(reason=_reason)
 TRANSACTION_RETRIES = Counter(
-    "db_transaction_retries_total", "Transactions run again after a deadlock or serialization failure.", ["cause"]
+    "db_transaction_retries_total",
+    "Transactions run again after a deadlock, a serialization failure, or an Idempotency-Key a concurrent twin"
+    " committed first (idempotency_key_race).",
+    ["cause"],
 )
-for _cause in ("deadlock", "serialization_failure"):
+TRANSACTION_RETRY_CAUSES = ("deadlock", "serialization_failure", "idempotency_key_race")
+for _cause in TRANSACTION_RETRY_CAUSES:
     TRANSACTION_RETRIES.labels(cause=_cause)
 BUSY_PRODUCT_RETRIES = Counter(
     "orders_busy_product_retries_total",
-    "Orders and cancellations of several products run again after waiting for a product another transaction held.",
+    "Orders and cancellations tried again, waiting for a product (or the order) another transaction held.",
 )
 ORDERS_PER_TRANSACTION = Histogram(
     "orders_per_transaction",
-    "Orders placed together in one transaction (first tries; a flash sale's concurrent orders of one product).",
+    "Orders decided together in one transaction (1 for a lone order; a flash sale's concurrent orders of a product).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 SERVICE_UNAVAILABLE = Counter(
@@ -58,7 +62,8 @@ POOL_WAITING = Gauge(
 )
 GATE_WAITING = Gauge(
     "product_gate_requests_waiting",
-    "Orders waiting at the per-product gate (their product is already taken by PRODUCT_GATE_LIMIT requests).",
+    "Orders and cancellations waiting in the worker for a product's next transaction (queued, or for an earlier"
+    " order or request with the same Idempotency-Key to be decided).",
     multiprocess_mode="livesum",
 )
 

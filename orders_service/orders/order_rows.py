@@ -32,7 +32,8 @@ ORDER_COLUMNS = (
 
 
 def items_json(order_id: Any) -> Any:
-    """An order's items as one JSON array in line order, which msgspec decodes into OrderItemRead in C.
+    """An order's items as one JSON array by product id (as every answer lists them), which msgspec decodes into
+    OrderItemRead in C.
 
     Cheaper than rows or integer arrays through psycopg's loaders (measured: 410 -> 300 us of
     CPU for a page of 30 orders, decoded and encoded again). Cast to text: psycopg would parse json.
@@ -42,7 +43,7 @@ def items_json(order_id: Any) -> Any:
         pairs += [literal_column(f"'{field}'"), _items.c[field]]
     item = func.json_build_object(*pairs)
     return (
-        select(sql_cast(func.json_agg(aggregate_order_by(item, _items.c.id)), Text))
+        select(sql_cast(func.json_agg(aggregate_order_by(item, _items.c.product_id)), Text))
         .where(_items.c.order_id == order_id)
         .scalar_subquery()
         .label("items")

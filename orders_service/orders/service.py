@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Callable, Iterable
 
 import msgspec
 
 from orders_service.db.transactions import StatementFailed
-from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.observability import metrics
 from orders_service.orders.cursor import decode_cursor, encode_cursor
 from orders_service.orders.errors import IdempotencyKeyReused, OrderNotFound, OrderRejected, RestockOverflow
-from orders_service.orders.order_combiner import OrderCombiner
+from orders_service.orders.product_queues import ProductQueues
 from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
-from orders_service.orders.store import CancelOutcome, OrderRequest, PlacementOutcome
-from orders_service.orders.wait_plan import WaitPlan
+from orders_service.orders.store import OrderRequest, Placement
 
 NUMERIC_VALUE_OUT_OF_RANGE = "22003"
 
@@ -42,7 +39,7 @@ def request_fingerprint(wanted: dict[int, int]) -> str:
     return hashlib.sha256(msgspec.json.encode(sorted(wanted.items()))).hexdigest()
 
 
-def rejection(outcome: PlacementOutcome, wanted: dict[int, int]) -> OrderRejected:
+def rejection(outcome: Placement, wanted: dict[int, int]) -> OrderRejected:
     """Why the order was not placed: unknown products win over missing stock, then the total."""
     if outcome.missing:
         return OrderRejected("missing_product", outcome.missing, f"unknown product id(s): {_ids(outcome.missing)}")
@@ -57,17 +54,16 @@ def _ids(product_ids: Iterable[int]) -> str:
 
 
 class OrderService:
-    def __init__(self, combiner: OrderCombiner, *, on_event_committed: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, queues: ProductQueues, *, on_event_committed: Callable[[], None] = lambda: None) -> None:
         """``on_event_committed``: called after each commit that wrote an event to the outbox (it wakes the relay)."""
-        self.combiner = combiner
-        self.orders = combiner.store
-        self.gate = combiner.gate
+        self.queues = queues
+        self.orders = queues.store
         self._on_event_committed = on_event_committed
 
     async def place_order(
         self, user_id: str, lines: Iterable[OrderLine], idempotency_key: str | None = None
     ) -> tuple[OrderRead, bool]:
-        """Reserve stock for every line and record the order, all or nothing.
+        """Reserve stock for every line and record the order, all or nothing (``ProductQueues``).
 
         Returns the order and whether it is the replay of an earlier request with the same
         ``idempotency_key`` (then nothing new was reserved or written). A rejected order writes
@@ -79,26 +75,16 @@ class OrderService:
             metrics.ORDER_CREATE_FAILURES.labels(reason=refused.reason).inc()
             raise
         fingerprint = request_fingerprint(wanted) if idempotency_key is not None else None
-        deadline = self.orders.runner.deadline()
-        gate_product = self.combiner.busiest(wanted)
         request = OrderRequest(user_id, wanted, idempotency_key, fingerprint)
-        # The first try may share its transaction with other orders; retries go alone.
-        outcome, waited_for = await self.combiner.place(gate_product, request, deadline)
-        plan = WaitPlan(waited_for)
-        while outcome.busy and not outcome.missing:
-            gate_product = self._retry_waiting_for(plan, outcome.busy, deadline)[0]
-            async with self.gate.admit(gate_product, deadline):
-                outcome = await self.orders.place_order(
-                    user_id, wanted, idempotency_key, fingerprint, wait_for=plan.wait_for, deadline=deadline
-                )
-        if outcome.order is not None:
+        outcome = await self.queues.place(request, self.orders.runner.deadline())
+        if outcome.state == "placed" and outcome.order is not None:
             metrics.ORDERS_CREATED.inc()
             self._on_event_committed()
             return outcome.order, False
-        if outcome.replay_of is not None:
+        if outcome.state == "stored" and outcome.replay_of is not None:
             if outcome.stored_hash != fingerprint:
                 raise IdempotencyKeyReused
-            return await self.get_order(user_id, outcome.replay_of), True
+            return outcome.order or await self.get_order(user_id, outcome.replay_of), True
         rejected = rejection(outcome, wanted)
         metrics.ORDER_CREATE_FAILURES.labels(reason=rejected.reason).inc()
         raise rejected
@@ -112,36 +98,18 @@ class OrderService:
 
     async def cancel_order(self, user_id: str, order_id: int) -> OrderRead:
         """Cancel a placed order and put its units back in stock; cancelling again changes nothing."""
-        deadline = self.orders.runner.deadline()
-        plan = WaitPlan([])
-        outcome = await self._cancel_once(user_id, order_id, wait_for=plan.wait_for, deadline=deadline)
-        while outcome.busy:
-            gate_product = self._retry_waiting_for(plan, outcome.busy, deadline)[0]
-            async with self.gate.admit(gate_product, deadline):
-                outcome = await self._cancel_once(user_id, order_id, wait_for=plan.wait_for, deadline=deadline)
-        if outcome.cancelled_now:
-            metrics.ORDERS_CANCELLED.inc()
-            self._on_event_committed()
-        return outcome.order
-
-    @staticmethod
-    def _retry_waiting_for(plan: WaitPlan, busy: list[int], deadline: float) -> list[int]:
-        """What the next try waits for (``WaitPlan``), or 503 ``product_busy`` once the request's deadline is past."""
-        if asyncio.get_running_loop().time() >= deadline:
-            raise DatabaseUnavailable("product_busy", context=f"product {busy[0]}")
-        metrics.BUSY_PRODUCT_RETRIES.inc()
-        return plan.after_busy(busy)
-
-    async def _cancel_once(self, user_id: str, order_id: int, *, wait_for: list[int], deadline: float) -> CancelOutcome:
         try:
-            outcome = await self.orders.cancel_order(user_id, order_id, wait_for=wait_for, deadline=deadline)
+            outcome = await self.queues.cancel(user_id, order_id, self.orders.runner.deadline())
         except StatementFailed as failed:
             if failed.sqlstate == NUMERIC_VALUE_OUT_OF_RANGE:
                 raise RestockOverflow from None
             raise
-        if outcome is None:
+        if outcome is None or outcome.order is None:
             raise OrderNotFound(order_id)
-        return outcome
+        if outcome.cancelled_now:
+            metrics.ORDERS_CANCELLED.inc()
+            self._on_event_committed()
+        return outcome.order
 
     async def list_orders(self, user_id: str, limit: int, cursor: str | None) -> tuple[list[OrderRead], str | None]:
         """One page of the user's orders, newest first, and the cursor of the next page (None on the last)."""

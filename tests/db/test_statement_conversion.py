@@ -9,7 +9,8 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from orders_service.config import Settings
 from orders_service.db.engine import CONVERSION_CACHE_LENGTH, cache_statement_conversion
-from orders_service.orders.order_sql import CANCEL_ORDER, PLACE_ORDER
+from orders_service.orders.cancel_sql import CANCEL_ORDER
+from orders_service.orders.place_sql import PLACE_ORDERS
 
 LONGEST_SCHEMA_NAME = "s" * 63  # PostgreSQL's limit on a name
 
@@ -17,7 +18,7 @@ LONGEST_SCHEMA_NAME = "s" * 63  # PostgreSQL's limit on a name
 def test_every_statement_fits_the_conversion_cache_whatever_the_schema_names() -> None:
     settings = Settings.from_env({"DB_SCHEMA": LONGEST_SCHEMA_NAME, "CATALOG_SCHEMA": "c" * 63})
     dialect = PGDialect_psycopg()  # type: ignore[no-untyped-call]
-    for statement in (PLACE_ORDER, CANCEL_ORDER):
+    for statement in (PLACE_ORDERS, CANCEL_ORDER):
         sql, _ = statement.compiled(dialect, settings.schema_translate_map)
         assert len(sql.encode()) <= CONVERSION_CACHE_LENGTH, statement.name
 
@@ -25,9 +26,19 @@ def test_every_statement_fits_the_conversion_cache_whatever_the_schema_names() -
 def test_the_order_statement_is_converted_once_then_taken_from_the_cache() -> None:
     cache_statement_conversion()
     assert psycopg_queries.MAX_CACHED_STATEMENT_LENGTH >= CONVERSION_CACHE_LENGTH
-    sql, literals = PLACE_ORDER.compiled(PGDialect_psycopg(), Settings.from_env({}).schema_translate_map)  # type: ignore[no-untyped-call]
+    sql, _ = PLACE_ORDERS.compiled(PGDialect_psycopg(), Settings.from_env({}).schema_translate_map)  # type: ignore[no-untyped-call]
     assert len(sql.encode()) > 4096  # past psycopg's own limit: without the setting it would never be cached
-    params = {**literals, "owner": "u", "idempotency_key": None, "product_ids": [1], "qtys": [1], "wait_for": [1]}
+    params = {
+        "owners": ["u"],
+        "keys": [None],
+        "hashes": [None],
+        "line_orders": [1],
+        "line_products": [1],
+        "line_qtys": [1],
+        "line_held": [0],
+        "wait_for": 1,
+        "orders": 1,
+    }
     psycopg_queries.PostgresQuery(Transformer()).convert(sql, params)
     hits = psycopg_queries._query2pg.cache_info().hits
     psycopg_queries.PostgresQuery(Transformer()).convert(sql, params)

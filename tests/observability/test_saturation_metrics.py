@@ -1,4 +1,4 @@
-"""The saturation gauges show where requests wait: at the per-product gate, for a pooled connection, on a row."""
+"""The saturation gauges show where requests wait: in a product's queue, for a pooled connection, on a row."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def service(settings: Settings, catalog: Catalog, tmp_path: Path) -> Iterator[Gr
     catalog.add(HELD, stock=1000)
     catalog.add(OTHER, stock=1000)
     catalog.add(HELD_TOO, stock=1000)
-    small = Settings.from_env({**settings.as_env(), "DB_POOL_SIZE": str(POOL_SIZE), "PRODUCT_GATE_LIMIT": "2"})
+    small = Settings.from_env({**settings.as_env(), "DB_POOL_SIZE": str(POOL_SIZE)})
     with start_granian(small, workers=1, metrics_dir=tmp_path / "metrics") as server:
         yield server
 

@@ -1,7 +1,7 @@
 """Flash sales: the orders of one product that queue while its transaction runs are placed in one transaction.
 
 The service runs in-process (``WorkerComponents``) against the real database. A catalog job
-holds product 1's row, so the first order waits on it and the next ones queue in the combiner
+holds product 1's row, so the first order waits on it and the next ones queue in the worker
 in a known order; releasing the row lets them through. Invariants are read in the database,
 including which transaction wrote each order (``xmin``).
 """
@@ -9,78 +9,31 @@ including which transaction wrote each order (``xmin``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text
+from prometheus_client import REGISTRY
+from sqlalchemy import text
 
 from orders_service.config import Settings
 from orders_service.db.transactions import StatementFailed
 from orders_service.db.unavailable import DatabaseUnavailable
-from orders_service.lifecycle.worker_components import WorkerComponents
 from orders_service.orders.errors import IdempotencyKeyReused, OrderRejected
-from orders_service.orders.schemas import PG_INT_MAX, OrderLine, OrderRead
-from orders_service.orders.service import OrderService
+from orders_service.orders.schemas import PG_INT_MAX, OrderLine
 from tests.conftest import Catalog
 from tests.support.database import ProvisionedDatabase, backends_waiting_for_a_lock
 from tests.support.faults import wait_until
-
-HOT = 1
-Order = tuple[str, dict[int, int], str | None]  # user, product id -> qty, Idempotency-Key
-
-
-@asynccontextmanager
-async def order_service(settings: Settings) -> AsyncIterator[OrderService]:
-    components = WorkerComponents.create(settings)
-    try:
-        yield components.orders
-    finally:
-        await components.close()
+from tests.support.in_process import (
+    HOT,
+    Order,
+    hold,
+    order_service,
+    place,
+    place_behind_a_held_row,
+    transactions_of,
+)
 
 
-def hold(connection: Connection, catalog: Catalog, product_id: int) -> None:
-    """Lock a product's row, as a catalog job would, until ``connection`` rolls back."""
-    connection.execute(text(f"SELECT 1 FROM {catalog.catalog_schema}.products WHERE id = {product_id} FOR UPDATE"))
-
-
-def place(orders: OrderService, order: Order) -> asyncio.Task[tuple[OrderRead, bool]]:
-    user, lines, key = order
-    wanted = [OrderLine(product_id, qty) for product_id, qty in lines.items()]
-    return asyncio.create_task(orders.place_order(user, wanted, key))
-
-
-async def place_behind_a_held_row(
-    orders: OrderService, database: ProvisionedDatabase, catalog: Catalog, first: Order, queued: Sequence[Order]
-) -> list[Any]:
-    """``first`` waits on the hot product's row (held), ``queued`` queue behind it in this order; then the row
-    is released. The answers (or exceptions), first's first."""
-    with catalog.engine.connect() as catalog_job:
-        hold(catalog_job, catalog, HOT)
-        first_task = place(orders, first)
-        await wait_until(lambda: len(backends_waiting_for_a_lock(database)) == 1, 30, "the first order waiting")
-        tasks = []
-        for order in queued:  # one at a time: the arrival order is the order of this list
-            tasks.append(place(orders, order))
-            count = len(tasks)
-            await wait_until(lambda: orders.combiner.queued(HOT) == count, 30, "the order queued")  # noqa: B023
-        catalog_job.rollback()
-    return await asyncio.gather(first_task, *tasks, return_exceptions=True)
-
-
-def transactions_of(catalog: Catalog, users: Sequence[str]) -> list[str | None]:
-    """The transaction id (xmin) that inserted each user's order; None for a user without one."""
-    with catalog.engine.connect() as connection:
-        rows: dict[str, str] = dict(
-            connection.execute(
-                text(f"SELECT user_id, xmin::text FROM {catalog.orders_schema}.orders WHERE user_id = ANY(:users)"),
-                {"users": list(users)},
-            ).all()
-        )
-    return [rows.get(user) for user in users]
-
-
+@pytest.mark.usefixtures("stock_check")
 @pytest.mark.parametrize("batch_wait_ms", ["0", "20"])
 async def test_queued_orders_are_decided_in_arrival_order_in_one_transaction(
     settings: Settings, database: ProvisionedDatabase, catalog: Catalog, batch_wait_ms: str
@@ -119,6 +72,7 @@ async def test_idempotent_twins_and_a_bad_order_in_one_batch(
         catalog.add(product_id, price_cents=PG_INT_MAX, stock=PG_INT_MAX)
     async with order_service(settings) as orders:
         (earlier, _) = await orders.place_order("dave", [OrderLine(HOT, 1)], "dave-1")
+        (zeds, _) = await orders.place_order("zed", [OrderLine(HOT, 2)], "k")  # alice's key, another user's order
         too_large = {HOT: 1, 3: PG_INT_MAX, 4: PG_INT_MAX, 5: PG_INT_MAX}
         queued: list[Order] = [
             ("alice", {HOT: 2}, "k"),
@@ -130,9 +84,14 @@ async def test_idempotent_twins_and_a_bad_order_in_one_batch(
             ("erin", {HOT: 1}, None),
         ]
         results = await place_behind_a_held_row(orders, database, catalog, ("first", {HOT: 1}, None), queued)
+        # bob's rejected order stored nothing: its key places another body
+        (bobs, bob_replayed) = await orders.place_order("bob", [OrderLine(HOT, 1)], "bob-1")
 
     _first, alice, bob, alice_twin, carol, alice_other, dave, erin = results
     assert alice[1] is False
+    assert alice[0].id != zeds.id
+    assert alice[0].user_id == "alice"
+    assert bob_replayed is False
     assert alice_twin == (alice[0], True)
     assert isinstance(bob, OrderRejected)
     assert bob.reason == "total_too_large"
@@ -141,11 +100,13 @@ async def test_idempotent_twins_and_a_bad_order_in_one_batch(
     assert isinstance(alice_other, IdempotencyKeyReused)
     assert dave == (earlier, True)
     assert erin[1] is False
-    assert catalog.stock(HOT) == 100 - 1 - 1 - 2 - 1 - 1
-    assert catalog.order_count() == 5  # dave's, first, alice, carol, erin
-    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.orders WHERE user_id = 'bob'") == 0
-    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.idempotency_keys WHERE key = 'bob-1'") == 0
-    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.idempotency_keys") == 3
+    assert catalog.stock(HOT) == 100 - 1 - 2 - 1 - 2 - 1 - 1 - 1
+    assert catalog.order_count() == 7  # dave's, zed's, first, alice, carol, erin, bob's second
+    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.orders WHERE user_id = 'bob'") == 1
+    assert catalog.scalar(f"SELECT order_id FROM {catalog.orders_schema}.idempotency_keys WHERE key = 'bob-1'") == (
+        bobs.id
+    )
+    assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.idempotency_keys") == 5
     assert all(catalog.stock(product_id) == PG_INT_MAX for product_id in (3, 4, 5))
     assert len(set(transactions_of(catalog, ["alice", "carol", "erin"]))) == 1  # the twins waited for the next batch
 
@@ -157,11 +118,14 @@ async def test_an_order_that_fails_the_statement_fails_alone(
     the batch's statement: its orders are placed again one by one, and only that one fails."""
     catalog.add(HOT, price_cents=100, stock=10)
     queued = [("amy", {HOT: 1}, "a"), ("x" * 300, {HOT: 1}, None), ("ben", {HOT: 2}, None)]
+    transactions_before = REGISTRY.get_sample_value("orders_per_transaction_count") or 0
 
     async with order_service(settings) as orders:
         results = await place_behind_a_held_row(orders, database, catalog, ("first", {HOT: 1}, None), queued)
 
     assert [type(result) for result in results] == [tuple, tuple, StatementFailed, tuple]
+    # Each transaction that decided orders counted once: the first's, then amy's and ben's alone.
+    assert (REGISTRY.get_sample_value("orders_per_transaction_count") or 0) - transactions_before == 3
     assert catalog.stock(HOT) == 10 - 1 - 1 - 2
     assert catalog.order_count() == 3
     assert catalog.scalar(f"SELECT count(*) FROM {catalog.orders_schema}.outbox") == 3
@@ -188,12 +152,10 @@ async def test_a_connection_lost_mid_batch_answers_each_order_that_its_outcome_i
             first = place(orders, ("first", {HOT: 1}, "first"))
             await wait_until(lambda: len(backends_waiting_for_a_lock(database)) == 1, 30, "the first order waiting")
             tasks = [place(orders, order) for order in queued]
-            await wait_until(lambda: orders.combiner.queued(HOT) == len(queued), 30, "the orders queued")
+            await wait_until(lambda: orders.queues.waiting == len(queued), 30, "the orders queued")
             firsts = terminate_the_waiting_backend()  # the first order's: the batch starts and waits on the row
             await wait_until(
-                lambda: (
-                    orders.combiner.queued(HOT) == 0 and backends_waiting_for_a_lock(database) not in ([], [firsts])
-                ),
+                lambda: orders.queues.queued(HOT) == 0 and backends_waiting_for_a_lock(database) not in ([], [firsts]),
                 30,
                 "the batch waiting on the row",
             )

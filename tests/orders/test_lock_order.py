@@ -160,6 +160,46 @@ async def test_a_retry_never_holds_a_product_got_earlier_while_it_waits_for_one_
     assert stock(scan_ordered) == {1: 8, 2: 8, 3: 9}
 
 
+async def test_a_retry_that_got_a_product_earlier_waits_for_one_row_again_holding_nothing(
+    client: Client, scan_ordered: ProvisionedDatabase
+) -> None:
+    """Products 1 and 2 taken by turns: 2, then 1, then 2 again for long (a catalog job). The order for [1, 2] waits
+    for each alone: at the end for 2, holding 1 no more than before, so an order for 1 alone is served meanwhile
+    (a retry that had got 2 once used to wait for both, locking 1 while 2 was held)."""
+    catalog = scan_ordered.admin.catalog_schema
+    holders = [admin_connection(scan_ordered) for _ in range(3)]
+    try:
+        first_2, then_1, long_2 = holders
+        first_2.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 2 FOR UPDATE")
+        order = asyncio.create_task(
+            client.post(
+                "/orders",
+                json={"items": [{"product_id": 1, "qty": 1}, {"product_id": 2, "qty": 1}]},
+                headers={"X-User": "by-turns"},
+            )
+        )
+        await until_the_service_waits_for(scan_ordered, first_2)
+        then_1.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 1 FOR UPDATE")
+        first_2.rollback()
+        await until_the_service_waits_for(scan_ordered, then_1)
+        long_2.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 2 FOR UPDATE")
+        then_1.rollback()
+        await until_the_service_waits_for(scan_ordered, long_2)
+        with admin_connection(scan_ordered) as prober:
+            prober.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 1 FOR UPDATE NOWAIT")
+            prober.rollback()
+        other = await client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers={"X-User": "o"})
+        assert other.status_code == 200
+        assert not order.done()
+        long_2.rollback()
+        response = await order
+    finally:
+        for holder in holders:
+            holder.close()
+    assert response.status_code == 200
+    assert stock(scan_ordered) == {1: 8, 2: 9, 3: 10}
+
+
 async def test_a_cancellation_waiting_for_a_product_holds_none_of_its_other_products(
     client: Client, scan_ordered: ProvisionedDatabase
 ) -> None:
@@ -249,15 +289,14 @@ async def test_an_outside_writer_locking_in_another_order_does_not_deadlock_an_o
     assert stock(scan_ordered) == {1: 4, 2: 9, 3: 10}
 
 
-async def test_a_deadlock_with_an_outside_writer_is_retried_and_the_order_placed(
+async def test_an_order_writes_its_key_only_after_its_wait_so_a_writer_never_waits_for_it(
     client: Client, scan_ordered: ProvisionedDatabase, service: GranianServer
 ) -> None:
-    """The order claims its Idempotency-Key, then waits for product 2, which the writer holds; the writer then
-    inserts the same key and waits for the order: PostgreSQL aborts the order, which is retried."""
+    """The order waits for product 2, which the writer holds: it holds nothing meanwhile, not even its
+    Idempotency-Key, so the writer inserts that key without waiting (lock_timeout 1 s) and nothing deadlocks."""
     catalog, orders = scan_ordered.admin.catalog_schema, scan_ordered.admin.db_schema
     retries_before = deadlock_retries(service)
     with admin_connection(scan_ordered) as writer:
-        writer.execute("SET deadlock_timeout = '60s'")  # so that the order's backend is the one that detects it
         writer.execute(f"SELECT 1 FROM {catalog}.products WHERE id = 2 FOR UPDATE")
         order = asyncio.create_task(
             client.post(
@@ -267,12 +306,40 @@ async def test_a_deadlock_with_an_outside_writer_is_retried_and_the_order_placed
             )
         )
         await until_the_service_waits_for_a_lock(scan_ordered)
-        # Blocks until the order is aborted as the deadlock victim, which releases the key.
-        await asyncio.to_thread(
-            writer.execute,
+        writer.execute("SET lock_timeout = '1s'")
+        writer.execute(
             f"INSERT INTO {orders}.idempotency_keys (user_id, key, request_hash) VALUES ('victim', 'deadlocked', 'x')"
-            " ON CONFLICT DO NOTHING",
         )
+        writer.rollback()
+        response = await order
+    assert response.status_code == 200
+    assert deadlock_retries(service) == retries_before
+    assert stock(scan_ordered) == {1: 10, 2: 9, 3: 10}
+
+
+async def test_a_deadlock_with_an_outside_writer_is_retried_and_the_order_placed(
+    client: Client, scan_ordered: ProvisionedDatabase, service: GranianServer
+) -> None:
+    """The writer has inserted the order's Idempotency-Key (not committed): the order locks product 2, then waits
+    for the key; the writer then wants product 2. PostgreSQL aborts the order (the writer's deadlock_timeout is
+    longer), which is retried: it waits for product 2 alone, and is placed once the writer rolls back."""
+    catalog, orders = scan_ordered.admin.catalog_schema, scan_ordered.admin.db_schema
+    retries_before = deadlock_retries(service)
+    with admin_connection(scan_ordered) as writer:
+        writer.execute("SET deadlock_timeout = '60s'")  # so that the order's backend is the one that detects it
+        writer.execute(
+            f"INSERT INTO {orders}.idempotency_keys (user_id, key, request_hash) VALUES ('victim', 'deadlocked', 'x')"
+        )
+        order = asyncio.create_task(
+            client.post(
+                "/orders",
+                json={"items": [{"product_id": 2, "qty": 1}]},
+                headers={"X-User": "victim", "Idempotency-Key": "deadlocked"},
+            )
+        )
+        await until_the_service_waits_for_a_lock(scan_ordered)  # for the key: the writer's transaction
+        # Blocks until the order is aborted as the deadlock victim, which releases product 2.
+        await asyncio.to_thread(writer.execute, f"SELECT 1 FROM {catalog}.products WHERE id = 2 FOR UPDATE")
         writer.rollback()
         response = await order
     assert response.status_code == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orders_service.orders.schemas import OrderLine
 from orders_service.orders.service import combine_lines, rejection
-from orders_service.orders.store import PlacementOutcome
+from orders_service.orders.store import Placement
 
 
 def test_combine_lines_sums_duplicates_and_sorts_by_product_id() -> None:
@@ -14,19 +14,19 @@ def test_combine_lines_sums_duplicates_and_sorts_by_product_id() -> None:
 
 
 def test_unknown_products_win_over_missing_stock() -> None:
-    rejected = rejection(PlacementOutcome(missing=[9, 7], short=[1]), {1: 1, 7: 1, 9: 2})
+    rejected = rejection(Placement("missing", missing=[9, 7], short=[1]), {1: 1, 7: 1, 9: 2})
     assert rejected.reason == "missing_product"
     assert rejected.product_ids == [7, 9]
     assert rejected.detail == "unknown product id(s): 7, 9"
 
 
 def test_every_short_product_is_reported() -> None:
-    rejected = rejection(PlacementOutcome(short=[2, 1], total_cents=10), {1: 4, 2: 2, 3: 9})
+    rejected = rejection(Placement("short", short=[2, 1], total_cents=10), {1: 4, 2: 2, 3: 9})
     assert rejected.reason == "insufficient_stock"
     assert rejected.product_ids == [1, 2]
 
 
 def test_a_total_beyond_bigint_names_every_product() -> None:
-    rejected = rejection(PlacementOutcome(total_cents=2**63), {1: 4, 2: 2})
+    rejected = rejection(Placement("too_large", total_cents=2**63), {1: 4, 2: 2})
     assert rejected.reason == "total_too_large"
     assert rejected.product_ids == [1, 2]

@@ -1,0 +1,48 @@
+"""The read path's SQL: one order, and a user's orders a page at a time, each with its items, in SQLAlchemy Core
+compiled once (``Statement``). The statements that change orders and stock are in ``place_sql`` and ``cancel_sql``."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import BigInteger, DateTime, Integer, String, Table, bindparam, select, tuple_
+from sqlalchemy.sql import Select
+
+from orders_service.db.models import Order
+from orders_service.db.statements import Statement
+from orders_service.orders.order_rows import ORDER_COLUMNS, items_json
+
+_orders = cast("Table", Order.__table__)
+_owner = bindparam("owner", type_=String)
+_newest_first = (_orders.c.created_at.desc(), _orders.c.id.desc())
+
+
+def _order_select() -> Select[Any]:
+    return select(*ORDER_COLUMNS, items_json(_orders.c.id))
+
+
+GET_ORDER = Statement(
+    "get_order",
+    _order_select().where(_orders.c.id == bindparam("order_id", type_=BigInteger), _orders.c.user_id == _owner),
+)
+FIRST_PAGE = Statement(
+    "first_page",
+    _order_select()
+    .where(_orders.c.user_id == _owner)
+    .order_by(*_newest_first)
+    .limit(bindparam("limit", type_=Integer)),
+)
+NEXT_PAGE = Statement(
+    "next_page",
+    _order_select()
+    .where(
+        _orders.c.user_id == _owner,
+        tuple_(_orders.c.created_at, _orders.c.id)
+        < tuple_(
+            bindparam("after_created_at", type_=DateTime(timezone=True)),
+            bindparam("after_id", type_=BigInteger),
+        ),
+    )
+    .order_by(*_newest_first)
+    .limit(bindparam("limit", type_=Integer)),
+)
