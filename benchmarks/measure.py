@@ -145,11 +145,13 @@ def _wait_until_healthy(served: Served, path: str, workers: int, timeout: float 
 
 
 @contextlib.contextmanager
-def _serve(command: list[str], env: dict[str, str], workers: int, log_dir: Path, health: str) -> Iterator[Served]:
+def _serve(
+    command: list[str], env: dict[str, str], workers: int, log_dir: Path, health: str, cwd: Path = PROJECT_ROOT
+) -> Iterator[Served]:
     port = int(env["LISTEN_PORT"])
     log = log_dir / f"service-{port}.log"
     with log.open("wb") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
     served = Served(process, f"http://127.0.0.1:{port}", log)
     try:
         _wait_until_healthy(served, health, workers)
@@ -167,18 +169,27 @@ def product(
     settings: Settings, workers: int, log_dir: Path, **overrides: str
 ) -> contextlib.AbstractContextManager[Served]:
     """``orders-service serve``, exactly as production runs it."""
+    return product_from(PROJECT_ROOT, settings, workers, log_dir, overrides)
+
+
+def product_from(
+    source: Path, settings: Settings, workers: int, log_dir: Path, overrides: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[Served]:
+    """``orders-service serve`` from the code of ``source`` (this checkout, or another one run with this one's
+    environment)."""
     port = free_port()
     env = {
         **os.environ,
+        "PYTHONPATH": str(source),
         **settings.as_env(),
         "LISTEN_HOST": "127.0.0.1",
         "LISTEN_PORT": str(port),
         "WORKERS": str(workers),
         "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"metrics-{port}"),
         "OTEL_SDK_DISABLED": "true",  # tracing off, whatever this shell exports, unless a variant turns it on
-        **overrides,
+        **(overrides or {}),
     }
-    return _serve([sys.executable, "-m", "orders_service.cli", "serve"], env, workers, log_dir, "/health")
+    return _serve([sys.executable, "-m", "orders_service.cli", "serve"], env, workers, log_dir, "/health", source)
 
 
 def floor(settings: Settings, workers: int, log_dir: Path) -> contextlib.AbstractContextManager[Served]:
