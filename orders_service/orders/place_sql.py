@@ -167,11 +167,11 @@ PLACE_ORDERS = TextStatement(
     ),
     tripwire AS (
         SELECT CASE
-            WHEN (SELECT count(*) FROM reserved) = (SELECT count(*) FROM taken)
-                AND NOT EXISTS (SELECT FROM reserved WHERE reserved.stock < 0) THEN 0
-            ELSE concat('tripwire: stock taken from ', (SELECT count(*) FROM reserved), ' of ',
-                (SELECT count(*) FROM taken), ' products, lowest left ', (SELECT min(stock) FROM reserved))::integer
+            WHEN count(reserved.id) = (SELECT count(*) FROM taken) AND coalesce(min(reserved.stock), 0) >= 0 THEN 0
+            ELSE concat('tripwire: stock taken from ', count(reserved.id), ' of ', (SELECT count(*) FROM taken),
+                ' products, lowest left ', min(reserved.stock))::integer
         END AS ok
+        FROM reserved
     )
     SELECT batch.ord, walk.state, verdict.missing, verdict.busy, walk.short, verdict.total, verdict.prices,
         placed.id, placed.created_at, stored.request_hash, stored.order_id, (SELECT tripwire.ok FROM tripwire)

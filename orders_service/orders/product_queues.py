@@ -148,6 +148,11 @@ class ProductQueues:
         return len(queue.pending) if queue is not None else 0
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued, running, held or registered: every order this worker took has been answered."""
+        return not (self._queues or self._holds or self._held or self._keys or self._waiting)
+
+    @property
     def waiting(self) -> int:
         """How many orders and cancellations wait in this worker (queued, held, or twins)."""
         return self._waiting

@@ -24,9 +24,12 @@ Order = tuple[str, dict[int, int], str | None]  # user, product id -> qty, Idemp
 
 @asynccontextmanager
 async def order_service(settings: Settings) -> AsyncIterator[OrderService]:
+    """The service of one worker; once the test is done with it, every order it took must have been answered and
+    forgotten (nothing left queued, held or registered)."""
     components = WorkerComponents.create(settings)
     try:
         yield components.orders
+        assert components.queues.idle, "the product queues kept state after every order was answered"
     finally:
         await components.close()
 
