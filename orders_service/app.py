@@ -23,6 +23,7 @@ from orders_service.config import Settings
 from orders_service.db.engine import sqlalchemy_config
 from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.lifecycle.worker_components import WorkerComponents
+from orders_service.lifecycle.worker_signals import WorkerSignals
 from orders_service.observability import logs
 from orders_service.observability.http_metrics import (
     HTTPMetricsMiddleware,
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
         plugins=plugins,
         state=State({BODY_READ_TIMEOUT_STATE: settings.body_read_timeout}),
         on_startup=[
+            WorkerSignals(settings).install,
             *([complete_document] if settings.openapi_enabled else []),
             create_route_series,
             freeze_startup_objects,

@@ -5,7 +5,9 @@ keeps serving for ``SHUTDOWN_GRACE_SECONDS``, the time the load balancer needs t
 stop sending it requests; only then does Granian's own graceful shutdown start (the listener
 closes, in-flight requests finish within ``WORKER_KILL_TIMEOUT``). Without the grace, the
 listener closed at once while the load balancer still sent requests: connection refused.
-SIGINT (Ctrl-C) and a second SIGTERM stop at once.
+SIGINT (Ctrl-C) and a second SIGTERM stop at once. Whether the workers got the SIGTERM too
+(systemd's ``KillMode=control-group``) or not, they stop only when this process says so
+(``worker_signals``): it marks the flag ``stopping`` right before Granian signals them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from granian.server import Server
+
+from orders_service.lifecycle.leaving import mark_leaving, mark_stopping
 
 logger = logging.getLogger("orders_service")
 
@@ -34,15 +38,20 @@ class GracefulServer(Server):  # type: ignore[misc,valid-type]
     def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
         signum = args[0] if args else None
         if signum != signal.SIGTERM or self._grace <= 0 or self._leaving:
-            super().signal_handler_interrupt(*args, **kwargs)
+            self._stop_now(*args, **kwargs)
             return
         self._leaving = True
-        self._leaving_flag.touch()
+        mark_leaving(self._leaving_flag)
         logger.info(
             "SIGTERM: readiness answers 503 and requests are still served for %s s (SHUTDOWN_GRACE_SECONDS), "
             "then in-flight requests finish and the workers stop",
             f"{self._grace:g}",
         )
-        timer = threading.Timer(self._grace, super().signal_handler_interrupt)
+        timer = threading.Timer(self._grace, self._stop_now)
         timer.daemon = True
         timer.start()
+
+    def _stop_now(self, *args: Any, **kwargs: Any) -> None:
+        """Granian's shutdown: the workers, told ``stopping`` first, stop on the SIGTERM it sends them."""
+        mark_stopping(self._leaving_flag)
+        super().signal_handler_interrupt(*args, **kwargs)
