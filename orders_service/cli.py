@@ -75,12 +75,18 @@ def listen_address(host: str) -> str:
 def serve(settings: Settings) -> None:
     """Serve the app with Granian: ASGI, uvloop, ``WORKERS`` processes, graceful on SIGTERM."""
     from granian.constants import Interfaces, Loops  # noqa: PLC0415 - keep `--help` fast
+    from granian.http import HTTP1Settings  # noqa: PLC0415
     from granian.log import LogLevels  # noqa: PLC0415
 
     from orders_service.db.startup_check import check_database_at_start  # noqa: PLC0415
+    from orders_service.lifecycle.connection_limits import (  # noqa: PLC0415
+        connections_per_worker,
+        raise_open_files_limit,
+    )
     from orders_service.lifecycle.graceful_server import GracefulServer  # noqa: PLC0415
 
     address = listen_address(settings.listen_host)
+    max_connections = connections_per_worker(settings, raise_open_files_limit())
     check_database_at_start(settings)
     with metrics_directory(), tempfile.TemporaryDirectory(prefix="orders-service-") as runtime_dir:
         os.environ.update(settings.as_env())  # the workers build their app from the environment
@@ -97,6 +103,9 @@ def serve(settings: Settings) -> None:
             loop=Loops.uvloop,
             workers_kill_timeout=settings.worker_kill_timeout,
             respawn_failed_workers=True,
+            backlog=settings.http_backlog,
+            backpressure=max_connections,  # per worker, idle keep-alive connections included
+            http1_settings=HTTP1Settings(header_read_timeout=int(settings.http_idle_timeout * 1000)),
             # Granian's lines in the service's format; a worker's app then logs through its own queue.
             log_dictconfig=logs.process_config(settings),
             log_level=LogLevels(settings.log_level.lower()),

@@ -51,6 +51,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     listen_host: str = "0.0.0.0"  # noqa: S104 - the container must be reachable by the Gateway
     listen_port: Port = 8000
     workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    http_backlog: Annotated[int, msgspec.Meta(ge=128, le=65_535)] = 4096
+    # 0: as many as the open-files limit allows, up to HTTP_CONNECTIONS_AUTO_MAX (see lifecycle/connection_limits.py)
+    http_max_connections: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    http_idle_timeout: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 75.0
     worker_kill_timeout: Annotated[int, msgspec.Meta(ge=1, le=600)] = 30
     shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0
     health_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
