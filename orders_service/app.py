@@ -12,9 +12,19 @@ from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.logging import LoggingConfig
 from litestar.plugins import PluginProtocol
-from litestar.types import ControllerRouterHandler, LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
+from litestar.types import (
+    ControllerRouterHandler,
+    HTTPScope,
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Receive,
+    Scope,
+    Send,
+)
 
 from orders_service.api.health import HealthController
+from orders_service.api.host_header import host_problem, refuse
 from orders_service.api.openapi import complete_document, openapi_config, swagger_assets_router
 from orders_service.api.orders import OrderController
 from orders_service.api.problem_details import problem_details_plugin
@@ -63,9 +73,16 @@ class OrdersApp(Litestar):
         self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive, send: Send | LifeSpanSend
     ) -> None:
         if scope["type"] == ScopeType.HTTP:
-            await self.request_log(scope, receive, send, super().__call__)  # type: ignore[arg-type]
+            await self.request_log(scope, receive, send, self._routed)  # type: ignore[arg-type]
         else:
             await super().__call__(scope, receive, send)
+
+    async def _routed(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
+        problem = host_problem(scope)
+        if problem is not None:
+            await refuse(scope, send, problem)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, span_processor: SpanProcessor | None = None) -> Litestar:

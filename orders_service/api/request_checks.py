@@ -92,9 +92,11 @@ async def check_order_request(request: Request[Any, Any, Any]) -> None:
     media_type = (content_types[0] if content_types else "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {media_type or 'nothing'!r}")
-    coding = headers.get("content-encoding", "identity").strip().lower()
-    if coding != "identity":
-        raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported: send the JSON as it is")
+    # Every value of every Content-Encoding line: two lines (identity, then gzip) say what one `identity, gzip` says.
+    lines = headers.getall("content-encoding", ())
+    codings = [coding.strip().lower() for coding in ",".join(lines).split(",")] if lines else []
+    if any(coding != "identity" for coding in codings):
+        raise UnsupportedMediaType(f"Content-Encoding {', '.join(codings)!r} is not supported: send the JSON as it is")
     _check_transfer_coding(request)
     if not await read_body(request):
         raise ValidationException('the request body is empty; send {"items": [{"product_id": …, "qty": …}]}')

@@ -95,12 +95,15 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 
 
 async def count_unrouted_response(message: Message, scope: Scope) -> None:
-    """App-level ``before_send`` hook: count requests that matched no route (404, 405, bad Host).
+    """App-level ``before_send`` hook: count requests that matched no route (404, 405).
 
     Route middleware never sees them; they share one ``path`` label so that scanners probing
     random URLs cannot multiply the series. Their duration is not observed.
     """
     if message["type"] == "http.response.start" and "route_handler" not in scope:
-        method = scope.get("method", "")
-        method = method if method in _KNOWN_METHODS else "OTHER"
-        HTTP_REQUESTS.labels(SERVICE, UNROUTED_PATH, method, str(message["status"])).inc()
+        count_unrouted(scope.get("method", ""), message["status"])
+
+
+def count_unrouted(method: str, status: int) -> None:
+    """Count a request answered without a route, under one ``path`` label and its method (``OTHER`` if unknown)."""
+    HTTP_REQUESTS.labels(SERVICE, UNROUTED_PATH, method if method in _KNOWN_METHODS else "OTHER", str(status)).inc()

@@ -23,6 +23,7 @@ from tests.support.rawhttp import RawResponse, abandon, connect, exchange, parse
 from tests.support.scrape import requests_by_status, requests_total, scrape
 
 BODY_READ_TIMEOUT = 5
+IDLE_TIMEOUT = 3  # HTTP_IDLE_TIMEOUT: an idle keep-alive connection, or a request head that never ends
 ORDER = b'{"items": [{"product_id": 1, "qty": 1}]}'  # 40 bytes, 0x28
 
 
@@ -33,6 +34,7 @@ def service(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         {
             **settings.as_env(),
             "BODY_READ_TIMEOUT": str(BODY_READ_TIMEOUT),
+            "HTTP_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
             "DB_POOL_SIZE": "1",
             "DB_POOL_TIMEOUT": "0.5",
         }
@@ -250,3 +252,103 @@ def test_a_stalled_cancel_is_408_and_cancels_nothing(service: GranianServer, cat
     assert_timed_out(service, sock, request_id)
     unchanged(catalog, orders=1, stock=8)
     assert httpx.get(f"{service.base_url}/orders/{placed}", headers=ALICE).json()["status"] == "placed"
+
+
+HOSTS: dict[str, tuple[bytes, ...]] = {
+    "no Host": (),
+    "two different Hosts": (b"Host: orders", b"Host: evil.example"),
+    "the same Host twice": (b"Host: orders", b"Host: orders"),
+}
+
+
+@pytest.mark.parametrize("hosts", HOSTS, ids=list(HOSTS))
+@pytest.mark.parametrize("path", ["/orders", "/health"])
+def test_an_http_1_1_request_without_one_host_is_400_and_writes_nothing(
+    service: GranianServer, catalog: Catalog, hosts: str, path: str
+) -> None:
+    """RFC 9112 section 3.2: exactly one Host in an HTTP/1.1 request; a proxy and the service must not disagree on
+    which one it was for."""
+    catalog.add(1, stock=10)
+    request_id = new_id("host")
+    method = "POST" if path == "/orders" else "GET"
+    lines = [f"{method} {path} HTTP/1.1".encode(), *HOSTS[hosts], b"X-User: alice", b"Connection: close"]
+    lines += [b"Content-Type: application/json", b"X-Request-ID: " + request_id.encode()]
+    body = ORDER if method == "POST" else b""
+    lines.append(f"Content-Length: {len(body)}".encode())
+    response = parse_response(exchange(service.base_url, b"\r\n".join(lines) + b"\r\n\r\n" + body))
+    assert response is not None
+    assert response.status == 400, response.body
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "Host" in response.json()["detail"]
+    assert wait_for_access_line(service, request_id)["status"] == 400
+    unchanged(catalog, orders=0, stock=10)
+
+
+def test_http_1_0_without_host_is_served(service: GranianServer) -> None:
+    response = parse_response(exchange(service.base_url, b"GET /health/live HTTP/1.0\r\n\r\n"))
+    assert response is not None
+    assert response.status == 200
+
+
+ENCODINGS: dict[str, tuple[bytes, ...]] = {
+    "identity then gzip, two lines": (b"Content-Encoding: identity", b"Content-Encoding: gzip"),
+    "identity, gzip in one line": (b"Content-Encoding: identity, gzip",),
+    "gzip then identity, two lines": (b"Content-Encoding: gzip", b"Content-Encoding: identity"),
+}
+
+
+@pytest.mark.parametrize("encodings", ENCODINGS, ids=list(ENCODINGS))
+def test_a_content_coding_in_any_line_is_415(service: GranianServer, catalog: Catalog, encodings: str) -> None:
+    """Every Content-Encoding line is read, not the first only: a coding anywhere is refused alike."""
+    catalog.add(1, stock=10)
+    request = head("POST", "/orders", b"Connection: close", b"Content-Length: 40", *ENCODINGS[encodings])
+    response = parse_response(exchange(service.base_url, request + ORDER))
+    assert response is not None
+    assert response.status == 415, response.body
+    assert "gzip" in response.json()["detail"]
+    unchanged(catalog, orders=0, stock=10)
+
+
+def test_identity_stated_twice_is_plain_json(service: GranianServer, catalog: Catalog) -> None:
+    catalog.add(1, stock=10)
+    request = head(
+        "POST",
+        "/orders",
+        b"Connection: close",
+        b"Content-Length: 40",
+        b"Content-Encoding: identity",
+        b"Content-Encoding: identity",
+    )
+    response = parse_response(exchange(service.base_url, request + ORDER))
+    assert response is not None
+    assert response.status == 200, response.body
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bytes:
+    """What the server sent before it closed the connection, which it must do within ``seconds``."""
+    sock.settimeout(seconds)
+    with sock:
+        try:
+            return read_until_closed(sock)
+        except TimeoutError:
+            raise AssertionError(f"the connection was still open after {seconds} s") from None
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(service: GranianServer) -> None:
+    sock = connect(service.base_url)
+    sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: orders\r\n\r\n")
+    answered = sock.recv(65536)
+    assert answered.startswith(b"HTTP/1.1 200"), answered
+    started = time.monotonic()
+    assert closed_within(sock, IDLE_TIMEOUT + 5) == b""
+    assert time.monotonic() - started >= IDLE_TIMEOUT - 0.5  # kept while within the timeout
+
+
+def test_a_request_head_with_bare_cr_line_endings_is_dropped_by_the_idle_timeout(service: GranianServer) -> None:
+    """Granian's parser neither refuses nor answers bare CR (RFC 9112 section 2.2 says refuse); the wait for the
+    end of the head is what bounds it: ``HTTP_IDLE_TIMEOUT``, then the connection is closed or refused."""
+    sock = connect(service.base_url)
+    sock.sendall(b"GET /health/live HTTP/1.1\rHost: orders\rX-User: alice\r\r")
+    raw = closed_within(sock, IDLE_TIMEOUT + 5)
+    response = parse_response(raw)
+    assert response is None or response.status == 400, raw

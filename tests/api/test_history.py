@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections import Counter
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -141,6 +142,30 @@ async def test_bad_paging_parameters_are_400(client: Client, catalog: Catalog, q
     response = await client.get(f"/orders/me?{query}", headers=ALICE)
     assert response.status_code == 400, response.text
     assert response.json()["status"] == 400
+
+
+async def test_a_cursor_is_accepted_only_as_it_was_handed_out(client: Client, catalog: Catalog) -> None:
+    """One position, one spelling: padding, a NUL or a character outside base64url, the standard alphabet's
+    ``+``/``/`` would all decode to the same position with a lenient decoder."""
+    catalog.add(1, stock=10)
+    for _ in range(3):
+        await client.post("/orders", json={"items": [{"product_id": 1, "qty": 1}]}, headers=ALICE)
+    first = await client.get("/orders/me?limit=1", headers=ALICE)
+    cursor = parse_qs(urlsplit(next_url(first) or "").query)["cursor"][0]
+    assert (await client.get(f"/orders/me?limit=1&cursor={cursor}", headers=ALICE)).status_code == 200
+    respelled = [
+        f"{cursor}=",
+        f"{cursor}==",
+        f"{cursor[:4]}%00{cursor[4:]}",
+        f"{cursor[:4]}%20{cursor[4:]}",
+        f"{cursor[:4]}.{cursor[4:]}",
+        f"{cursor}%0A",
+        cursor.replace("-", "+").replace("_", "/") if ("-" in cursor or "_" in cursor) else f"+{cursor}",
+    ]
+    for spelling in respelled:
+        response = await client.get(f"/orders/me?limit=1&cursor={spelling}", headers=ALICE)
+        assert response.status_code == 400, (spelling, response.text)
+        assert "invalid cursor" in response.json()["detail"]
 
 
 async def test_paging_is_stable_while_new_orders_arrive(granian: GranianServer, catalog: Catalog) -> None:
