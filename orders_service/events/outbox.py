@@ -57,6 +57,9 @@ _pg_class = table("pg_class", column("oid"), column("reltuples"), schema="pg_cat
 PENDING_COUNT_LIMIT = 1000  # counted exactly up to here; beyond it, the planner's estimate
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 60.0
+# 0.5 s x 2^7 = 64 s is past the cap: the exponent stops there. Uncapped, power(2, attempts) in double
+# precision overflows at 1,024 attempts (17 hours of an event no queue takes), failing every claim.
+RETRY_MAX_DOUBLINGS = 7
 
 _held_now = exists(
     select(_lease.c.name).where(_lease.c.name == _name, _lease.c.holder == _holder, _lease.c.expires_at > func.now())
@@ -102,11 +105,15 @@ def _build_claim() -> Any:
         .scalar_subquery()
     )
     first_due = select(_outbox.c.occurred_at).where(_pending).order_by(*_due_order).limit(1).scalar_subquery()
+    # Events the broker refused and that are not published yet: new events wait from -infinity, a refused one
+    # from the end of its back-off (one probe of ix_outbox_due past its head).
+    deferred = exists(select(_outbox.c.id).where(_pending, _outbox.c.next_attempt_at > literal_column("'-infinity'")))
     return select(
         exists(select(claimed.c.holder)).label("held"),
         select(extract("epoch", claimed.c.expires_at - func.now())).scalar_subquery().label("lease_left"),
         case((counted < limit, counted), else_=func.greatest(counted, func.coalesce(estimated, 0))).label("pending"),
         extract("epoch", func.now() - first_due).label("oldest_age"),
+        deferred.label("deferred"),
     )
 
 
@@ -158,7 +165,16 @@ DEFER = Statement(
         attempts=_outbox.c.attempts + 1,
         next_attempt_at=func.now()
         + func.make_interval(
-            0, 0, 0, 0, 0, 0, func.least(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * func.power(2, _outbox.c.attempts))
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            func.least(
+                RETRY_MAX_SECONDS,
+                RETRY_BASE_SECONDS * func.power(2, func.least(_outbox.c.attempts, RETRY_MAX_DOUBLINGS)),
+            ),
         ),
     ),
 )
@@ -188,6 +204,7 @@ class Claim:
     lease_left: float  # seconds the lease still runs, by the database's clock (0 when not held)
     pending: int  # events not yet published: exact up to PENDING_COUNT_LIMIT, estimated beyond
     oldest_age: float  # seconds since the first due event occurred (0 when none is pending)
+    deferred: bool  # some events the broker refused are not published yet
     batch: list[PendingEvent]
 
 
@@ -216,9 +233,9 @@ class Outbox:
         if want:
             steps.append(Step(PENDING_BATCH, {**self._lease, "limit": limit}))
         results = (await self.runner.run(steps, writes=True))[settled:]
-        ((held, lease_left, pending, oldest_age),) = results[0]
+        ((held, lease_left, pending, oldest_age, deferred),) = results[0]
         batch = [PendingEvent(*row) for row in results[1]] if want else []
-        return Claim(bool(held), float(lease_left or 0.0), int(pending), float(oldest_age or 0.0), batch)
+        return Claim(bool(held), float(lease_left or 0.0), int(pending), float(oldest_age or 0.0), deferred, batch)
 
     async def settle(self, published: list[int], refused: list[int]) -> None:
         """Mark ``published`` and defer ``refused`` (see ``claim``), alone."""

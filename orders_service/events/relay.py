@@ -95,6 +95,7 @@ class Relay:
         self._listener: asyncio.Task[None] | None = None
         self._unmarked: list[int] = []  # confirmed by the broker, not yet marked published
         self._refused: list[int] = []  # nacked or returned by the broker, not yet deferred
+        self._deferred = False  # as of the last claim: events the broker refused are not published yet
 
     @property
     def holder(self) -> str:
@@ -155,8 +156,9 @@ class Relay:
             return
         batch = claim.batch
         self._last_batch = len(batch)
+        self._deferred = claim.deferred
         if not batch and self.state in {REFUSED, FAILING}:
-            self._set_state(PUBLISHING)  # nothing left that fails
+            self._settle_state(refused=False)  # nothing left that fails, unless refused events wait
         if batch:
             deadline = started + claim.lease_left - self._lease_margin
             if asyncio.get_running_loop().time() >= deadline:  # stalled since the claim (a frozen process, a long GC)
@@ -199,10 +201,11 @@ class Relay:
         try:
             assert self._channel is not None  # noqa: S101 - set with the exchange
             channel = cast("aiormq.Channel", await self._channel.get_underlay_channel())
-        except aiormq.exceptions.AMQPError as exc:  # closed under us (the broker went away)
-            results: list[BaseException | None] = [exc] * len(outgoing)
-        else:
-            results = await publish_batch(channel, exchange.name, outgoing, deadline)
+            results: list[BaseException | None] = await publish_batch(channel, exchange.name, outgoing, deadline)
+        # Closed under us (the broker went away, or closed the channel while the claim ran): aiormq raises
+        # ChannelInvalidStateError, a RuntimeError, for a channel that is no longer open.
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as exc:
+            results = [exc] * len(outgoing)
         failure: BaseException | None = None
         refusals: Counter[str] = Counter()
         for (event, _, _), result in zip(sendable, results, strict=True):
@@ -229,9 +232,17 @@ class Relay:
         """Count the events the broker refused; say so once when it starts, and once when it stops."""
         for reason, count in refusals.items():
             metrics.EVENTS_PUBLISH_FAILURES.labels(reason=reason).inc(count)
-        if refusals:
-            what = ", ".join(f"{count} {reason}" for reason, count in sorted(refusals.items()))
-            self._set_state(REFUSED, f"{what}; see orders_events_publish_failures_total")
+        what = ", ".join(f"{count} {reason}" for reason, count in sorted(refusals.items()))
+        self._settle_state(refused=bool(refusals), detail=f"{what}; see orders_events_publish_failures_total")
+
+    def _settle_state(self, *, refused: bool, detail: str = "") -> None:
+        """``REFUSED`` for as long as refused events remain (this batch's, or others waiting out their back-off),
+        not only for the cycles that try them: one WARNING line when it starts, one INFO line when it ends."""
+        if refused or (self._deferred and self.state in {REFUSED, PUBLISHING}):
+            if self.state != REFUSED:
+                self._set_state(
+                    REFUSED, detail or "events wait out a back-off; see orders_events_publish_failures_total"
+                )
         elif self.state in {REFUSED, FAILING}:
             self._set_state(PUBLISHING)
 

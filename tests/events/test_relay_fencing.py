@@ -18,11 +18,20 @@ from sqlalchemy import text
 
 from orders_service.config import Settings
 from orders_service.events.outbox import Claim
-from orders_service.events.relay import PUBLISHING, STANDBY, Relay
+from orders_service.events.relay import BROKER_UNREACHABLE, PUBLISHING, STANDBY, Relay
 from tests.conftest import Catalog
 from tests.support.amqp import event_queue, require_broker
 from tests.support.faults import wait_until
-from tests.support.relay import CANCELLED, PLACED, envelope, events_env, outbox_rows, pending, place_orders
+from tests.support.relay import (
+    CANCELLED,
+    PLACED,
+    envelope,
+    events_env,
+    outbox_rows,
+    pending,
+    place_orders,
+    publish_failures,
+)
 
 LEASE_MS = 1000
 
@@ -50,8 +59,15 @@ def stall_after_first_batch(relay: Relay, resume: asyncio.Event) -> asyncio.Even
 
 
 async def test_a_relay_stalled_past_its_lease_publishes_nothing_when_it_resumes(
-    client: AsyncTestClient[Litestar], settings: Settings, catalog: Catalog, broker_url: str
+    client: AsyncTestClient[Litestar],
+    settings: Settings,
+    catalog: Catalog,
+    broker_url: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """It checks the lease before publishing: it neither sends (a consumer would see an order go back from
+    cancelled to placed) nor blames the broker (no "broker unreachable", no timeout counted, its connection kept:
+    publish_batch's own last-moment check would have refused the batch as a timeout)."""
     catalog.add(1, stock=10)
     order_ids = await place_orders(client, 3)
     for order_id in order_ids:
@@ -67,8 +83,13 @@ async def test_a_relay_stalled_past_its_lease_publishes_nothing_when_it_resumes(
             runs.append(asyncio.create_task(taking_over.run()))
             await wait_until(lambda: pending(catalog) == 0, 30, "the other relay publishing once the lease ran out")
             assert taking_over.state == PUBLISHING
+            failures_before = publish_failures()
+            caplog.clear()
             resume.set()  # the stale relay wakes with a batch claimed under a lease that is gone
             await wait_until(lambda: stale.state == STANDBY, 30, "the stale relay standing by")
+            assert publish_failures() == failures_before
+            assert not [r for r in caplog.records if BROKER_UNREACHABLE in r.getMessage()]
+            assert any("too little of its lease left" in r.getMessage() for r in caplog.records)
             # Both relays keep running: a copy the stale one sent now would be in the queue before this one.
             marker = await place_orders(client, 1)
             await queue.wait_for(

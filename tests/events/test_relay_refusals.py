@@ -7,6 +7,8 @@ after a back-off that doubles per attempt; what the broker confirmed in the same
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime
 
@@ -18,7 +20,14 @@ from orders_service.config import Settings
 from orders_service.events import amqp_publish
 from orders_service.events.relay import BROKER_UNREACHABLE, FAILING, PUBLISHING, REFUSED, Relay
 from tests.conftest import Catalog
-from tests.support.amqp import EventQueue, Received, event_queue, refusing_queue, require_broker
+from tests.support.amqp import (
+    EventQueue,
+    Received,
+    close_connection_named,
+    event_queue,
+    refusing_queue,
+    require_broker,
+)
 from tests.support.faults import wait_until
 from tests.support.relay import (
     CANCELLED,
@@ -183,3 +192,118 @@ async def test_a_broken_fast_path_is_visible_in_health_and_metrics_and_loses_not
             monkeypatch.undo()
             await wait_until(lambda: pending(catalog) == 0, 60, "the events published once fixed")
         await queue.wait_for(lambda received: len(received) >= len(order_ids), 30, "every event")
+
+
+async def test_the_back_off_doubles_from_half_a_second_to_a_minute_and_never_overflows(
+    client: AsyncTestClient[Litestar], settings: Settings, catalog: Catalog, broker_url: str
+) -> None:
+    """An event refused for a day has tried over a thousand times: 2^1024 overflows a double, and the statement
+    that defers it must not fail (it did, inside every claim: the relay published nothing new for good)."""
+    catalog.add(1, stock=100)
+    order_ids = await place_orders(client, 9)
+    prior_attempts = [0, 1, 2, 3, 6, 7, 8, 1023, 5000]
+    expected = [0.5, 1, 2, 4, 32, 60, 60, 60, 60]
+    with catalog.engine.begin() as connection:
+        for order_id, tries in zip(order_ids, prior_attempts, strict=True):
+            connection.exec_driver_sql(
+                f"UPDATE {catalog.orders_schema}.outbox SET attempts = %s WHERE order_id = %s", (tries, order_id)
+            )
+    relay = Relay(events_env(settings, broker_url, "orders-test-unused"), holder="backing-off")
+    try:
+        claim = await relay.outbox.claim(want=True, limit=20)
+        assert claim.held
+        await relay.outbox.settle([], [event.outbox_id for event in claim.batch])
+    finally:
+        await relay.outbox.runner.engine.dispose()
+    with catalog.engine.connect() as connection:
+        rows: dict[int, float] = dict(
+            connection.exec_driver_sql(
+                f"SELECT order_id, extract(epoch FROM next_attempt_at - now()) FROM {catalog.orders_schema}.outbox"
+            ).fetchall()
+        )
+    for order_id, seconds in zip(order_ids, expected, strict=True):
+        assert abs(float(rows[order_id]) - seconds) < 1, (order_id, rows[order_id], seconds)
+    assert catalog.scalar("SELECT max(attempts) FROM {orders}.outbox") == 5001
+
+
+async def test_events_refused_for_a_while_keep_the_relay_refused_until_they_go_out(
+    client: AsyncTestClient[Litestar],
+    settings: Settings,
+    catalog: Catalog,
+    broker_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ten cancelled events a full queue refuses, while placed events flow: the relay says REFUSED from the first
+    refusal until the last refused event is published (every state sampled meanwhile, between the attempts too),
+    and logs it once, not once per attempt; then once that it publishes again."""
+    catalog.add(1, stock=100)
+    states: list[str] = []
+
+    def sample(condition: bool) -> bool:
+        states.append(relay.state)
+        return condition
+
+    async with (
+        event_queue(broker_url) as queue,
+        refusing_queue(broker_url, queue.exchange, CANCELLED) as refusing,
+        running_relay(events_env(settings, broker_url, queue.exchange, EVENTS_POLL_INTERVAL_MS="50")) as relay,
+    ):
+        order_ids = await place_orders(client, 10)
+        await wait_until(lambda: pending(catalog) == 0, 30, "the placed events out")
+        caplog.clear()
+        await cancel(client, order_ids)  # nacked: retried after a back-off
+        await wait_until(lambda: relay.state == REFUSED, 30, "refused")
+        await wait_until(lambda: sample(min(attempts(catalog).values(), default=0) >= 3), 60, "three attempts each")
+        more = await place_orders(client, 3)  # others keep flowing meanwhile
+        await wait_until(lambda: sample(pending(catalog) == len(order_ids)), 30, "the new placed events out")
+        refused_meanwhile = list(states)
+        await refusing.delete()
+        await wait_until(lambda: pending(catalog) == 0, 90, "the refused events out once accepted")
+        await wait_until(lambda: relay.state == PUBLISHING, 30, "publishing again")
+    assert len(refused_meanwhile) > 10
+    assert set(refused_meanwhile) == {REFUSED}, refused_meanwhile
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "orders_service.events.relay"]
+    assert [level for level, message in lines if REFUSED in message] == ["WARNING"], lines
+    assert [level for level, message in lines if message.endswith(f": {PUBLISHING}")] == ["INFO"], lines
+    assert {order_id for order_id, _, published in outbox_rows(catalog) if published} >= set(more)
+
+
+async def test_a_broker_that_closes_the_connection_while_the_relay_claims_is_unreachable_not_a_bug(
+    client: AsyncTestClient[Litestar],
+    settings: Settings,
+    catalog: Catalog,
+    broker_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The relay's claim waits (the lease row held by another session) while the broker closes its connection: the
+    batch finds the channel gone. That is the broker being unreachable (one WARNING), never an unexpected error
+    with a traceback; the events go out once it reconnects."""
+    catalog.add(1, stock=10)
+    async with event_queue(broker_url) as queue:
+        relaying = events_env(settings, broker_url, queue.exchange, EVENTS_POLL_INTERVAL_MS="100")
+        async with running_relay(relaying) as relay:
+            await place_orders(client, 1)
+            await wait_until(lambda: pending(catalog) == 0 and relay.state == PUBLISHING, 30, "publishing")
+            unexpected_before = publish_failures("unexpected")
+            caplog.clear()
+            with catalog.engine.connect() as lease_holder:
+                lease_holder.exec_driver_sql(f"SELECT 1 FROM {catalog.orders_schema}.outbox_relay_lease FOR UPDATE")
+                await wait_until(lambda: waiting_for_a_lock(catalog), 30, "the relay's claim waiting")
+                await place_orders(client, 2)
+                await asyncio.to_thread(close_connection_named, relay.holder, "closed during a claim")
+                lease_holder.rollback()
+            await wait_until(lambda: pending(catalog) == 0, 60, "the events published after reconnecting")
+        await queue.wait_for(lambda received: len(received) >= 3, 30, "three events")
+    assert publish_failures("unexpected") == unexpected_before
+    records = [r for r in caplog.records if r.name == "orders_service.events.relay"]
+    assert not [r for r in records if r.levelno >= logging.ERROR], [r.getMessage() for r in records]
+    assert any(BROKER_UNREACHABLE in r.getMessage() for r in records if r.levelname == "WARNING")
+
+
+def waiting_for_a_lock(catalog: Catalog) -> bool:
+    return (
+        catalog.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        > 0
+    )
