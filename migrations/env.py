@@ -18,6 +18,8 @@ from orders_service.db.engine import ALEMBIC_VERSION_TABLE
 from orders_service.db.failure_line import failure_line
 from orders_service.db.models import Base
 
+LOCK_NOT_AVAILABLE = "55P03"
+
 config = context.config
 try:
     settings: Settings = config.attributes.get("settings") or Settings.from_env()
@@ -99,6 +101,19 @@ else:
         # One line naming what was tried, as the service's commands say it, not a traceback.
         print(f"orders-service: {failure_line(settings, exc)}", file=sys.stderr)
         raise SystemExit(1) from None
-    with connection:
-        run_migrations_online(connection)
-    engine.dispose()
+    try:
+        with connection:
+            run_migrations_online(connection)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        # Every step is re-runnable (orders_service/db/online_ddl.py): say so in one line, not a traceback.
+        print(
+            f"orders-service: the migration gave up waiting for a lock after DB_LOCK_TIMEOUT_MS "
+            f"({settings.db_lock_timeout_ms} ms): a long transaction holds one of its tables; "
+            "run it again once that transaction ends",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    finally:
+        engine.dispose()

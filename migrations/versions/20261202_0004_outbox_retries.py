@@ -6,7 +6,8 @@ doubles per attempt. New events have ``next_attempt_at = -infinity``: they come 
 
 Safe during a rolling deploy: the columns have constant defaults (a catalog change, no table
 rewrite), and the index is built and the old one dropped ``CONCURRENTLY`` (no lock that blocks
-the orders' inserts). The old code ignores both columns.
+the orders' inserts). The old code ignores both columns. Safe to interrupt at any step and run
+again (``online_ddl``).
 
 Revision ID: 0004
 Revises: 0003
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import context, op
 
+from orders_service.db.online_ddl import create_index_concurrently, drop_index_concurrently, outside_the_transaction
+
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -29,38 +32,33 @@ PENDING = sa.text("published_at IS NULL")
 
 
 def upgrade() -> None:
-    schema = context.config.attributes["settings"].db_schema
-    op.add_column("outbox", sa.Column("attempts", sa.Integer(), server_default="0", nullable=False), schema=schema)
+    settings = context.config.attributes["settings"]
+    schema = settings.db_schema
+    # Re-runnable: interrupted in the block below, the columns are committed and the version is not (online_ddl).
+    op.add_column(
+        "outbox",
+        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
+        schema=schema,
+        if_not_exists=True,
+    )
     op.add_column(
         "outbox",
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default="-infinity", nullable=False),
         schema=schema,
+        if_not_exists=True,
     )
-    with context.get_context().autocommit_block():
-        op.create_index(
-            "ix_outbox_due",
-            "outbox",
-            ["next_attempt_at", "id"],
-            schema=schema,
-            postgresql_where=PENDING,
-            postgresql_concurrently=True,
-            if_not_exists=True,
+    with outside_the_transaction(settings.db_lock_timeout_ms):
+        create_index_concurrently(
+            "ix_outbox_due", "outbox", ["next_attempt_at", "id"], schema=schema, postgresql_where=PENDING
         )
-        op.drop_index("ix_outbox_pending", "outbox", schema=schema, postgresql_concurrently=True, if_exists=True)
+        drop_index_concurrently("ix_outbox_pending", "outbox", schema=schema)
 
 
 def downgrade() -> None:
-    schema = context.config.attributes["settings"].db_schema
-    with context.get_context().autocommit_block():
-        op.create_index(
-            "ix_outbox_pending",
-            "outbox",
-            ["id"],
-            schema=schema,
-            postgresql_where=PENDING,
-            postgresql_concurrently=True,
-            if_not_exists=True,
-        )
-        op.drop_index("ix_outbox_due", "outbox", schema=schema, postgresql_concurrently=True, if_exists=True)
+    settings = context.config.attributes["settings"]
+    schema = settings.db_schema
+    with outside_the_transaction(settings.db_lock_timeout_ms):
+        create_index_concurrently("ix_outbox_pending", "outbox", ["id"], schema=schema, postgresql_where=PENDING)
+        drop_index_concurrently("ix_outbox_due", "outbox", schema=schema)
     op.drop_column("outbox", "next_attempt_at", schema=schema)
     op.drop_column("outbox", "attempts", schema=schema)

@@ -16,7 +16,6 @@ import pytest
 from alembic import command
 from litestar.testing import AsyncTestClient
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import OperationalError
 
 from orders_service.app import create_app
 from orders_service.config import Settings
@@ -186,15 +185,22 @@ def test_print_grants_prints_what_the_runtime_role_was_given(database: Provision
     )
 
 
-def test_a_migration_gives_up_on_a_locked_table_after_the_lock_timeout(database: ProvisionedDatabase) -> None:
-    """A migration must not queue every request behind it while a long transaction holds its table."""
+def test_a_migration_gives_up_on_a_locked_table_after_the_lock_timeout(
+    database: ProvisionedDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A migration must not queue every request behind it while a long transaction holds its table; it says so
+    in one line and exits 1 (run it again later)."""
     impatient = Settings.from_env({**database.owner.as_env(), "DB_LOCK_TIMEOUT_MS": "200"})
     migrate.downgrade(database.owner, "0001")
     try:
         with psycopg.connect(database.admin.conninfo) as holder:
             holder.execute(f"LOCK TABLE {database.admin.db_schema}.orders IN ACCESS SHARE MODE")
-            with pytest.raises(OperationalError, match="lock timeout"):
+            with pytest.raises(SystemExit) as exited:
                 migrate.upgrade(impatient)
+            assert exited.value.code == 1
+            error = capsys.readouterr().err
+            assert "gave up waiting for a lock after DB_LOCK_TIMEOUT_MS (200 ms)" in error
+            assert len(error.strip().splitlines()) == 1
     finally:
         migrate.upgrade(database.owner)
         # The downgrade dropped a table: its grants went with it, as deploying.md warns.
