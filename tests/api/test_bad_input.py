@@ -355,3 +355,22 @@ async def test_a_content_coding_is_415(client: Client, catalog: Catalog, coding:
     assert response.status_code == 415, response.text
     assert "Content-Encoding" in response.json()["detail"]
     assert catalog.order_count() == 0
+
+
+@pytest.mark.parametrize(("length", "status"), [(1, 200), (255, 200), (256, 400)])
+async def test_an_idempotency_key_of_up_to_255_characters_is_taken(
+    client: Client, catalog: Catalog, length: int, status: int
+) -> None:
+    """The column holds 255: the longest key places and replays its order; one more character is a clear 400."""
+    catalog.add(1, stock=10)
+    key = "k" * length
+    first = await client.post("/orders", json={"items": [line()]}, headers={**JSON_ALICE, "Idempotency-Key": key})
+    assert first.status_code == status, first.text
+    if status == 200:
+        again = await client.post("/orders", json={"items": [line()]}, headers={**JSON_ALICE, "Idempotency-Key": key})
+        assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
+        assert again.headers["idempotent-replayed"] == "true"
+        assert catalog.order_count() == 1
+    else:
+        assert first.json()["errors"][0]["key"] == "idempotency_key"
+        assert catalog.order_count() == 0

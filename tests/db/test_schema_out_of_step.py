@@ -67,3 +67,16 @@ async def test_a_schema_out_of_step_is_503_with_its_reason(
         with psycopg.connect(admin.conninfo) as connection:
             status = connection.execute(f"SELECT status FROM {admin.db_schema}.orders").fetchall()
         assert status == [("placed",)]  # nothing half-written
+
+
+@pytest.mark.parametrize("table", ["orders", "order_items", "idempotency_keys", "outbox", "products"])
+async def test_readiness_reads_every_table_the_service_uses(
+    client: AsyncTestClient[Litestar], scratch: ProvisionedDatabase, table: str
+) -> None:
+    """One table the service can no longer read is enough for readiness to say so (and which)."""
+    admin = scratch.admin
+    schema = admin.catalog_schema if table == "products" else admin.db_schema
+    alter(scratch, f"REVOKE SELECT ON {schema}.{table} FROM {scratch.runtime.db_user}")
+    health = await client.get("/health")
+    assert health.status_code == 503, health.text
+    assert health.json()["reason"] == f"database_unavailable: permission denied for table {table}"

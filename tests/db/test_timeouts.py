@@ -21,9 +21,13 @@ from sqlalchemy import Connection, Engine, create_engine, text
 
 from orders_service.app import create_app
 from orders_service.config import Settings
+from orders_service.db.readiness import READINESS_CHECK
+from orders_service.db.statements import Step
+from orders_service.db.unavailable import DatabaseUnavailable
+from orders_service.lifecycle.worker_components import WorkerComponents
 from tests.conftest import OUR_TABLES, Catalog
 from tests.support.database import ProvisionedDatabase, backends_waiting_for_a_lock, provisioned_database
-from tests.support.faults import wait_until
+from tests.support.faults import freezable_proxy, wait_until
 from tests.support.granian import start_granian
 
 ROLE_LOCK_TIMEOUT = "1min"
@@ -149,3 +153,66 @@ async def test_a_backend_terminated_while_an_order_waits_answers_that_the_outcom
     assert retried.status_code == 200, retried.text
     assert shop.order_count() == 1
     assert shop.stock(HELD) == 9
+
+
+async def test_an_order_cut_off_by_its_deadline_answers_that_the_outcome_is_unknown(
+    patient_database: ProvisionedDatabase, shop: Catalog
+) -> None:
+    """The network freezes once the order is on its way (no error ever arrives): the request's deadline ends
+    the wait. The order may have been committed: the 503 says so (never "changed nothing"), and the retry with
+    its key places it once."""
+    with freezable_proxy(("127.0.0.1", patient_database.runtime.db_port)) as proxy:
+        frozen = with_settings(
+            patient_database,
+            DB_HOST="127.0.0.1",
+            DB_PORT=str(proxy.port),
+            DB_LOCK_TIMEOUT_MS=ROLE_LOCK_TIMEOUT_MS,
+            DB_STATEMENT_TIMEOUT_MS="500",  # the deadline: 0.5 s + 2 s
+        )
+        headers = {"X-User": "alice", "Idempotency-Key": "cut-off"}
+        async with AsyncTestClient(app=create_app(frozen)) as client:
+            assert (await client.get("/orders/me", headers={"X-User": "alice"})).status_code == 200  # connected
+            proxy.freeze()
+            started = time.monotonic()
+            response = await client.post("/orders", json=ORDER, headers=headers)
+            waited = time.monotonic() - started
+            proxy.thaw()
+            retried = await client.post("/orders", json=ORDER, headers=headers)
+
+    body = assert_503(response, "database_timeout")
+    assert "may or may not have been applied" in body["detail"]
+    assert waited < 2.5 + 2.0  # the deadline, and room for a loaded machine
+    assert retried.status_code == 200, retried.text
+    assert shop.order_count() == 1
+    assert shop.stock(HELD) == 9
+
+
+async def test_a_driver_failure_without_an_sqlstate_is_a_lost_connection_not_a_bug(
+    patient_database: ProvisionedDatabase, shop: Catalog
+) -> None:
+    """libpq's own failures carry no SQLSTATE ("cannot exit pipeline mode while busy" when the server ended the
+    session mid-pipeline, with the connection not yet marked broken): the connection's state is unknown, so it is
+    discarded and the request answers 503 (outcome unknown for a write), never a 500.
+
+    Calls the runner's translation directly (a private method of ours): no server makes libpq fail this way on
+    demand. The connection is a real one from the service's pool."""
+    runner = WorkerComponents.create(patient_database.runtime).runner
+    try:
+        connection = await runner.engine.raw_connection()
+        failure = psycopg.OperationalError("cannot exit pipeline mode while busy")
+        assert failure.sqlstate is None
+        translated = await runner._translate(failure, connection, [], writes=True, timed_out=False)
+        assert isinstance(translated, DatabaseUnavailable)
+        assert (translated.cause, translated.outcome_unknown, translated.connection_lost) == (
+            "database_unavailable",
+            True,
+            True,
+        )
+        driver = connection.driver_connection
+        assert driver is not None
+        assert driver.closed  # closed now; the pool replaces it at the next checkout
+        connection.close()
+        ((rows,)) = await runner.run([Step(READINESS_CHECK, {})], writes=False)  # the next request is served
+        assert rows == []
+    finally:
+        await runner.engine.dispose()
