@@ -239,9 +239,10 @@ def run_ceiling(bench: Bench, scenarios: tuple[str, ...], *, variant: str = "") 
             connection.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
 
 
-def run_targets(bench: Bench, workers: int, scenarios: tuple[str, ...]) -> None:
+def run_targets(bench: Bench, workers: int, scenarios: tuple[str, ...], alternations: int = 1) -> None:
     """Product and floor run side by side (the idle one costs nothing) and are driven back to back,
-    scenario by scenario, so that both meet the same database and the same machine."""
+    scenario by scenario, so that both meet the same database and the same machine; ``alternations`` times in
+    turn (product, floor, product, floor …), as this machine's speed drifts within a run."""
     with (
         measure.product(bench.settings, workers, bench.log_dir) as product,
         measure.floor(bench.settings, workers, bench.log_dir) as floor,
@@ -249,8 +250,9 @@ def run_targets(bench: Bench, workers: int, scenarios: tuple[str, ...]) -> None:
         bench.warm_up(product, workers, scenarios)
         bench.warm_up(floor, workers, scenarios)
         for scenario in scenarios:
-            bench.drive(product, scenario, "product", workers)
-            bench.drive(floor, scenario, "floor", workers)
+            for _ in range(alternations):
+                bench.drive(product, scenario, "product", workers)
+                bench.drive(floor, scenario, "floor", workers)
 
 
 def run_variants(bench: Bench, scenarios: tuple[str, ...]) -> None:
@@ -474,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS} (none with --only-events)")
     parser.add_argument("--report", default="benchmarks", help="write docs/<REPORT>.md and docs/<REPORT>.png")
+    parser.add_argument(
+        "--alternations", type=int, default=1, help="drive product and floor in turn this many times per scenario"
+    )
     args = parser.parse_args(argv)
     scenarios = tuple(args.scenarios.split(","))
     started = time.time()
@@ -485,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             server_version = connection.execute("SHOW server_version").fetchone()
         if not args.only_events:
             for workers in (int(w) for w in args.workers.split(",")):
-                run_targets(bench, workers, scenarios)
+                run_targets(bench, workers, scenarios, args.alternations)
             if not args.no_variants:
                 run_variants(bench, scenarios)
             if not args.no_growth:

@@ -204,7 +204,9 @@ class TransactionRunner:
         timeouts: Mapping[str, str],
     ) -> list[Rows]:
         driver: psycopg.AsyncConnection[Any] = connection.driver_connection  # type: ignore[assignment]
-        cursors = [driver.cursor() for _ in steps]
+        # Results in binary: psycopg loads integers and timestamps without parsing text (measured: 13 % fewer
+        # instructions for a page of 30 orders, read and answered; callgrind, benchmarks in performance.md).
+        cursors = [driver.cursor(binary=True) for _ in steps]
         send_timeouts = timeouts is not self._timeouts or not connection.info.get(ROLE_SETS_TIMEOUTS, False)
         watchdog = _Watchdog(driver, deadline)
         try:
