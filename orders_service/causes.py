@@ -8,6 +8,7 @@ RejectionReason = Literal["missing_product", "insufficient_stock", "total_too_la
 UnavailableCause = Literal[
     "database_unavailable",
     "database_timeout",
+    "read_only",
     "lock_timeout",
     "statement_timeout",
     "pool_exhausted",

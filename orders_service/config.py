@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 from psycopg.conninfo import make_conninfo
@@ -18,6 +19,36 @@ LogFormat = Literal["json", "console"]
 
 
 DEADLINE_MARGIN_SECONDS = 2.0
+# libpq's target_session_attrs: which of DB_HOST's servers a connection may use.
+SessionAttrs = Literal["read-write", "primary", "any", "read-only", "standby", "prefer-standby"]
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>\d{1,5}))?$")
+
+
+class Endpoint(NamedTuple):
+    """One server of a host list: a host name or address (a Unix socket directory when it starts with ``/``)."""
+
+    host: str
+    port: int
+
+
+def parse_hosts(value: str, default_port: int, name: str) -> list[Endpoint]:
+    """``DB_HOST`` (or ``DB_READ_HOSTS``): hosts separated by commas, each with an optional ``:port``
+    (``db1:5432,db2:5433``; ``[::1]:5433`` for an IPv6 address; a socket directory takes the default port).
+    ValueError says which entry is wrong."""
+    endpoints = []
+    for entry in value.split(","):
+        text = entry.strip()
+        if text.startswith("/"):
+            endpoints.append(Endpoint(text, default_port))
+            continue
+        found = _HOST_PORT.match(text)
+        if found is None:
+            raise ValueError(f"{name} entry {entry!r} is not host or host:port")
+        port = int(found["port"]) if found["port"] else default_port
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{name} entry {entry!r}: the port must be 1-65535")
+        endpoints.append(Endpoint(found["host"].strip("[]"), port))
+    return endpoints
 
 
 class ConfigError(ValueError):
@@ -27,8 +58,11 @@ class ConfigError(ValueError):
 class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """Every knob of the service; field ``db_host`` is read from ``DB_HOST`` and so on."""
 
-    db_host: str = "localhost"
+    db_host: Annotated[str, msgspec.Meta(min_length=1)] = "localhost"
     db_port: Port = 5432
+    db_target_session_attrs: SessionAttrs = "read-write"
+    db_read_hosts: str = ""
+    db_read_max_lag_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000)] = 1_000
     db_name: str = "appdb"
     db_user: str = "app"
     db_pass: str = "app"  # noqa: S105 - the documented default
@@ -76,6 +110,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     events_linger_ms: Annotated[int, msgspec.Meta(ge=0, le=1_000)] = 100
     events_notify_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = 20
     events_retention_hours: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 168
+    # How many standbys must have flushed an event's commit before it is published (0: once committed).
+    events_await_standbys: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
+
+    def __post_init__(self) -> None:
+        parse_hosts(self.db_host, self.db_port, "DB_HOST")
+        if self.db_read_hosts:
+            parse_hosts(self.db_read_hosts, self.db_port, "DB_READ_HOSTS")
+
+    @property
+    def db_endpoints(self) -> list[Endpoint]:
+        """The servers of ``DB_HOST``, in order: libpq tries them in turn (``target_session_attrs``)."""
+        return parse_hosts(self.db_host, self.db_port, "DB_HOST")
+
+    @property
+    def read_endpoints(self) -> list[Endpoint]:
+        """The read replicas of ``DB_READ_HOSTS`` (none by default)."""
+        return parse_hosts(self.db_read_hosts, self.db_port, "DB_READ_HOSTS") if self.db_read_hosts else []
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,33 +144,49 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
 
     @property
     def database_url(self) -> URL:
-        """SQLAlchemy URL for psycopg 3 (async and sync engines share it).
+        """SQLAlchemy URL for psycopg 3 (async and sync engines share it): ``DB_HOST``'s servers."""
+        return self._url(self.db_endpoints)
 
-        A ``DB_HOST`` starting with ``/`` is a Unix socket directory, passed as libpq query
-        parameters so that the URL still renders to a valid string.
-        """
-        if self.db_host.startswith("/"):
+    @property
+    def read_database_url(self) -> URL:
+        """The URL of the read replicas (``DB_READ_HOSTS``)."""
+        return self._url(self.read_endpoints)
+
+    def _url(self, endpoints: list[Endpoint]) -> URL:
+        """One TCP server as the URL's host and port; a Unix socket directory, or several servers, as libpq's
+        ``host``/``port`` lists in the query (SQLAlchemy hands them to psycopg as they are)."""
+        if len(endpoints) == 1 and not endpoints[0].host.startswith("/"):
+            (endpoint,) = endpoints
             return URL.create(
                 "postgresql+psycopg",
                 username=self.db_user,
                 password=self.db_pass,
+                host=endpoint.host,
+                port=endpoint.port,
                 database=self.db_name,
-                query={"host": self.db_host, "port": str(self.db_port)},
             )
         return URL.create(
             "postgresql+psycopg",
             username=self.db_user,
             password=self.db_pass,
-            host=self.db_host,
-            port=self.db_port,
             database=self.db_name,
+            query={
+                "host": ",".join(endpoint.host for endpoint in endpoints),
+                "port": ",".join(str(endpoint.port) for endpoint in endpoints),
+            },
         )
 
     @property
     def conninfo(self) -> str:
-        """The libpq connection string of ``DB_*`` (for psycopg used directly)."""
+        """The libpq connection string of ``DB_*`` (for psycopg used directly), ``target_session_attrs`` included."""
+        endpoints = self.db_endpoints
         return make_conninfo(
-            host=self.db_host, port=self.db_port, user=self.db_user, password=self.db_pass, dbname=self.db_name
+            host=",".join(endpoint.host for endpoint in endpoints),
+            port=",".join(str(endpoint.port) for endpoint in endpoints),
+            user=self.db_user,
+            password=self.db_pass,
+            dbname=self.db_name,
+            target_session_attrs=self.db_target_session_attrs,
         )
 
     @property

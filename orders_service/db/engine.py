@@ -31,10 +31,13 @@ ALEMBIC_VERSION_TABLE = "alembic_version"
 APPLICATION_NAME = "orders-service"
 
 
-def connect_args(settings: Settings) -> dict[str, Any]:
-    """psycopg connection arguments: bounded waits on the network, prepared statements as configured."""
+def connect_args(settings: Settings, *, target_session_attrs: str | None = None) -> dict[str, Any]:
+    """psycopg connection arguments: bounded waits on the network, prepared statements as configured, and which
+    of the hosts to use (``DB_TARGET_SESSION_ATTRS``: by default one that accepts writes, so that after a
+    failover no connection lands on a read-only standby)."""
     return {
         "application_name": APPLICATION_NAME,
+        "target_session_attrs": target_session_attrs or settings.db_target_session_attrs,
         "connect_timeout": settings.db_connect_timeout,
         # A peer that stops answering is detected by the kernel instead of waiting forever.
         "keepalives": 1,

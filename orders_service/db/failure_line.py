@@ -32,10 +32,14 @@ _SEVERITY = re.compile(r"^(FATAL|ERROR):\s+")
 def failure_line(settings: Settings, exc: BaseException) -> str:
     """``exc`` as one line that names ``DB_HOST``, ``DB_PORT``, ``DB_NAME`` and ``DB_USER`` as configured."""
     message = _driver_message(exc)
-    where = (
-        f'database "{settings.db_name}" on host {settings.db_host}, port {settings.db_port}, '
-        f'as role "{settings.db_user}"'
-    )
+    endpoints = settings.db_endpoints
+    if len(endpoints) == 1:
+        servers = f"host {endpoints[0].host}, port {endpoints[0].port}"
+    else:
+        servers = "hosts " + ", ".join(f"{endpoint.host}:{endpoint.port}" for endpoint in endpoints)
+    where = f'database "{settings.db_name}" on {servers}, as role "{settings.db_user}"'
+    if len(endpoints) > 1 or settings.db_target_session_attrs != "read-write":
+        where += f" ({settings.db_target_session_attrs})"
     if _CONNECT_FAILURE.match(message):
         return f"cannot connect to {where}: {_reason(message)}"
     return f"{where}: {_reason(message)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Table, false, select
+from sqlalchemy import Table, exists, false, func, select
 
 from orders_service.db.models import IdempotencyKey, Order, OrderItem, OutboxEvent, Product
 from orders_service.db.statements import Statement, Step
@@ -19,8 +19,7 @@ _orders, _items, _keys, _outbox, _products = (
 
 # Fails with the missing table, column or privilege, which is what readiness reports; reads no row. Every
 # column the models map: a replica of a newer release is not ready until its migrations are applied.
-READINESS_CHECK = Statement(
-    "readiness_check",
+_EVERY_COLUMN = (
     select(
         _products.c.id,
         _products.c.price_cents,
@@ -31,7 +30,16 @@ READINESS_CHECK = Statement(
         *_outbox.c,
     )
     .select_from(_products.join(_orders, false()).join(_items, false()).join(_keys, false()).join(_outbox, false()))
-    .limit(0),
+    .limit(0)
+)
+# And whether the server takes writes: a standby answers SELECTs but refuses every order (SQLSTATE 25006).
+READINESS_CHECK = Statement(
+    "readiness_check",
+    select(
+        func.pg_is_in_recovery(),
+        func.current_setting("transaction_read_only") == "on",
+        exists(_EVERY_COLUMN),
+    ),
 )
 
 
@@ -46,8 +54,12 @@ async def check_tables(runner: TransactionRunner) -> None:
     steps = [Step(READINESS_CHECK, {})]
     deadline = runner.deadline()
     try:
-        await runner.run(steps, writes=False, deadline=deadline)
+        ((row,),) = await runner.run(steps, writes=False, deadline=deadline)
     except DatabaseUnavailable as lost:
         if not lost.connection_lost:
             raise
-        await runner.run(steps, writes=False, deadline=deadline)
+        ((row,),) = await runner.run(steps, writes=False, deadline=deadline)
+    in_recovery, read_only, _ = row
+    if in_recovery or read_only:
+        why = "the server is a standby (in recovery)" if in_recovery else "transactions are read-only on the server"
+        raise DatabaseUnavailable("read_only", connection_lost=True, context=why)

@@ -53,6 +53,7 @@ _RETRYABLE = {"40P01": "deadlock", "40001": "serialization_failure"}
 # (an order's Idempotency-Key, written with its order after the wait for a product: ``place_sql``).
 _RETRYABLE_CONFLICTS = {"pk_idempotency_keys": "idempotency_key_race"}
 UNIQUE_VIOLATION = "23505"
+_TIMED_OUT: dict[str, UnavailableCause] = {"55P03": "lock_timeout", "57014": "statement_timeout"}
 # A table or column missing (migrations or the catalog out of step), or a privilege not granted.
 _SCHEMA_OUT_OF_STEP: dict[str, UnavailableCause] = {
     "42P01": "table_missing",
@@ -61,6 +62,9 @@ _SCHEMA_OUT_OF_STEP: dict[str, UnavailableCause] = {
 }
 # Errors the server sends when it is going away or refusing work: the connection is done for.
 _SERVER_GONE_CLASSES = ("08", "57P01", "57P02", "57P03", "53")
+# A write on a server that accepts none (a standby, one promoted late, or a name that moved to it before its
+# promotion): the connection is on the wrong server, and another one may find the primary.
+READ_ONLY_TRANSACTION = "25006"
 
 Rows = list[tuple[Any, ...]]
 
@@ -262,6 +266,9 @@ class TransactionRunner:
             connection_invalidated=disconnected,
             dialect=self._dialect,
         )
+        if sqlstate == READ_ONLY_TRANSACTION:
+            await _invalidate(connection, wrapped)
+            return DatabaseUnavailable("read_only", connection_lost=True, context=_describe(exc))
         if disconnected:
             await _invalidate(connection, wrapped)
             cause: UnavailableCause = "database_timeout" if timed_out else "database_unavailable"
@@ -274,10 +281,8 @@ class TransactionRunner:
             retry_cause = _RETRYABLE_CONFLICTS.get(exc.diag.constraint_name or "")
         if retry_cause is not None:
             return _Retryable(retry_cause)
-        if sqlstate == "55P03":
-            return DatabaseUnavailable("lock_timeout")
-        if sqlstate == "57014":
-            return DatabaseUnavailable("statement_timeout")
+        if sqlstate in _TIMED_OUT:
+            return DatabaseUnavailable(_TIMED_OUT[sqlstate])
         if sqlstate in _SCHEMA_OUT_OF_STEP:  # a deployment fault, never the client's: 503 with what is wrong
             return DatabaseUnavailable(_SCHEMA_OUT_OF_STEP[sqlstate], context=_describe(exc))
         return StatementFailed(wrapped)

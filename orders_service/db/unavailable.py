@@ -19,6 +19,7 @@ class DatabaseUnavailable(Exception):
     DETAILS: dict[UnavailableCause, str] = {
         "database_unavailable": "The database is unavailable",
         "database_timeout": "The database did not answer in time",
+        "read_only": "The database server reached accepts no writes (a standby, or a failover under way)",
         "lock_timeout": "A product or order was locked by another transaction for too long",
         "statement_timeout": "The database statement took too long",
         "pool_exhausted": "Every database connection of this instance is busy",

@@ -213,6 +213,6 @@ async def test_a_driver_failure_without_an_sqlstate_is_a_lost_connection_not_a_b
         assert driver.closed  # closed now; the pool replaces it at the next checkout
         connection.close()
         ((rows,)) = await runner.run([Step(READINESS_CHECK, {})], writes=False)  # the next request is served
-        assert rows == []
+        assert len(rows) == 1
     finally:
         await runner.engine.dispose()
