@@ -55,13 +55,20 @@ def _schema_owner_part(settings: Settings, grantee: str) -> list[str]:
 
 
 def _dba_part(settings: Settings, grantee: str) -> list[str]:
-    return [
+    lines = [
         "-- [dba] Run as the DBA (a superuser, or the role that created the runtime role) or as the runtime role",
         "-- itself, once: the timeouts as the role's defaults, so that the service does not send them with every",
         "-- transaction. If they differ from DB_LOCK_TIMEOUT_MS/DB_STATEMENT_TIMEOUT_MS, the service sends its own.",
         f"ALTER ROLE {grantee} SET lock_timeout = {settings.db_lock_timeout_ms};",
         f"ALTER ROLE {grantee} SET statement_timeout = {settings.db_statement_timeout_ms};",
     ]
+    if settings.events_await_standbys:
+        lines += [
+            "-- EVENTS_AWAIT_STANDBYS: the relay reads the standbys' positions in pg_stat_replication, which only",
+            "-- members of pg_read_all_stats see (a superuser grants it):",
+            f"GRANT pg_read_all_stats TO {grantee};",
+        ]
+    return lines
 
 
 def _catalog_team_part(settings: Settings, grantee: str) -> list[str]:

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from orders_service.config import Settings
 from orders_service.db.engine import create_engine
 from orders_service.db.models import Order, OutboxEvent, RelayLease
-from orders_service.db.statements import Statement, Step
+from orders_service.db.statements import Statement, Step, TextStatement
 from orders_service.db.transactions import TransactionRunner
 from orders_service.events.cloudevents import PendingEvent
 from orders_service.orders.order_rows import items_json
@@ -178,6 +178,15 @@ DEFER = Statement(
         ),
     ),
 )
+# Where the WAL ends as the events are claimed: their commits are all before it.
+WAL_POSITION = TextStatement("outbox_wal_position", "SELECT pg_current_wal_insert_lsn()::text")
+# Standbys that have flushed the WAL up to ``lsn``; their positions read NULL without pg_read_all_stats (counted
+# apart, to say so).
+STANDBYS_FLUSHED = TextStatement(
+    "standbys_flushed",
+    "SELECT count(*) FILTER (WHERE flush_lsn >= %(lsn)s::pg_lsn), count(*) FILTER (WHERE flush_lsn IS NULL)"
+    " FROM pg_catalog.pg_stat_replication WHERE state = 'streaming'",
+)
 RELEASE = Statement(
     "release_outbox_lease",
     update(_lease).where(_lease.c.name == _name, _lease.c.holder == _holder).values(expires_at=func.now()),
@@ -206,6 +215,7 @@ class Claim:
     oldest_age: float  # seconds since the first due event occurred (0 when none is pending)
     deferred: bool  # some events the broker refused are not published yet
     batch: list[PendingEvent]
+    wal_position: str | None = None  # the WAL's end as they were claimed (when standbys must flush them first)
 
 
 class Outbox:
@@ -219,7 +229,13 @@ class Outbox:
         self._backlog = {"count_limit": PENDING_COUNT_LIMIT, "due_index": f"{schema}.ix_outbox_due"}
 
     async def claim(
-        self, *, want: bool, limit: int, published: list[int] | None = None, refused: list[int] | None = None
+        self,
+        *,
+        want: bool,
+        limit: int,
+        published: list[int] | None = None,
+        refused: list[int] | None = None,
+        wal_position: bool = False,
     ) -> Claim:
         """Take or renew the lease (when ``want``) and read up to ``limit`` due pending events if we hold it.
 
@@ -232,10 +248,21 @@ class Outbox:
         steps.append(Step(CLAIM, {**self._lease, **self._backlog, "want": want, "ttl": timedelta(seconds=self._ttl)}))
         if want:
             steps.append(Step(PENDING_BATCH, {**self._lease, "limit": limit}))
+            if wal_position:
+                steps.append(Step(WAL_POSITION, {}))
         results = (await self.runner.run(steps, writes=True))[settled:]
         ((held, lease_left, pending, oldest_age, deferred),) = results[0]
         batch = [PendingEvent(*row) for row in results[1]] if want else []
-        return Claim(bool(held), float(lease_left or 0.0), int(pending), float(oldest_age or 0.0), deferred, batch)
+        position = results[2][0][0] if want and wal_position else None
+        return Claim(
+            bool(held), float(lease_left or 0.0), int(pending), float(oldest_age or 0.0), deferred, batch, position
+        )
+
+    async def standbys_flushed(self, wal_position: str) -> tuple[int, int]:
+        """How many streaming standbys have flushed the WAL up to ``wal_position``, and how many hide their
+        position (the role lacks pg_read_all_stats)."""
+        ((row,),) = await self.runner.run([Step(STANDBYS_FLUSHED, {"lsn": wal_position})], writes=False)
+        return int(row[0]), int(row[1])
 
     async def settle(self, published: list[int], refused: list[int]) -> None:
         """Mark ``published`` and defer ``refused`` (see ``claim``), alone."""

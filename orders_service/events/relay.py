@@ -40,7 +40,7 @@ from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.events.amqp_publish import Unroutable, publish_batch
 from orders_service.events.backoff import Backoff
 from orders_service.events.cloudevents import CONTENT_TYPE, PendingEvent, encode_event, order_as_of
-from orders_service.events.outbox import Outbox
+from orders_service.events.outbox import Claim, Outbox
 from orders_service.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,14 @@ PUBLISHING = "publishing"
 REFUSED = "publishing; the broker refuses some events (retried after a back-off)"
 FAILING = "failing (unexpected error)"
 STANDBY = "standby"
+STANDBYS_BEHIND = "publishing; waiting for the database's standbys to flush the events' orders"
 BROKER_UNREACHABLE = "broker unreachable"
 DATABASE_UNAVAILABLE = "database unavailable"
-TROUBLE = {BROKER_UNREACHABLE, DATABASE_UNAVAILABLE, REFUSED, FAILING}  # logged as warnings
+TROUBLE = {BROKER_UNREACHABLE, DATABASE_UNAVAILABLE, REFUSED, FAILING, STANDBYS_BEHIND}  # logged as warnings
 
 BROKER_TIMEOUT = 5.0
 PERSISTENT = 2  # AMQP delivery mode
+STANDBY_POLL = 0.005  # seconds between looks at the standbys' positions while waiting for them
 
 
 def default_holder() -> str:
@@ -137,7 +139,11 @@ class Relay:
         started = self._last_claim = asyncio.get_running_loop().time()
         try:
             claim = await self.outbox.claim(
-                want=connected, limit=self.settings.events_batch_size, published=self._unmarked, refused=self._refused
+                want=connected,
+                limit=self.settings.events_batch_size,
+                published=self._unmarked,
+                refused=self._refused,
+                wal_position=self.settings.events_await_standbys > 0,
             )
             self._unmarked, self._refused = [], []
         except (DatabaseUnavailable, StatementFailed) as exc:
@@ -159,22 +165,57 @@ class Relay:
         self._deferred = claim.deferred
         if not batch and self.state in {REFUSED, FAILING}:
             self._settle_state(refused=False)  # nothing left that fails, unless refused events wait
-        if batch:
-            deadline = started + claim.lease_left - self._lease_margin
-            if asyncio.get_running_loop().time() >= deadline:  # stalled since the claim (a frozen process, a long GC)
-                logger.warning(
-                    "events relay %s: too little of its lease left to publish; its events are left to the holder",
-                    self.holder,
-                )
-                return
-            if not await self._publish(exchange, batch, deadline):
-                return
-            if len(batch) == self.settings.events_batch_size:
-                return  # more are waiting: no pause, the next claim marks them
-            # Marked now rather than with the next claim, a linger later: published_at is when the broker took them.
-            await self._flush_marks()
+        if batch and not await self._send_batch(exchange, claim, started + claim.lease_left - self._lease_margin):
+            return  # no pause: more are waiting, or what failed paused already
         self._backoff.reset()
         await self._pause(self._holder_pause)
+
+    async def _send_batch(self, exchange: AbstractExchange, claim: Claim, deadline: float) -> bool:
+        """Publish the claimed batch before ``deadline``; whether the relay may pause now (False: go on at once)."""
+        if asyncio.get_running_loop().time() >= deadline:  # stalled since the claim (a frozen process, a long GC)
+            logger.warning(
+                "events relay %s: too little of its lease left to publish; its events are left to the holder",
+                self.holder,
+            )
+            return False
+        if claim.wal_position is not None and not await self._standbys_flushed(claim.wal_position, deadline):
+            return False  # not published: the next claim takes them again
+        if not await self._publish(exchange, claim.batch, deadline):
+            return False
+        if len(claim.batch) == self.settings.events_batch_size:
+            return False  # more are waiting: no pause, the next claim marks them
+        # Marked now rather than with the next claim, a linger later: published_at is when the broker took them.
+        await self._flush_marks()
+        return True
+
+    async def _standbys_flushed(self, wal_position: str, deadline: float) -> bool:
+        """Whether ``EVENTS_AWAIT_STANDBYS`` standbys flushed the WAL up to ``wal_position`` (the claimed events'
+        commits) before ``deadline``.
+
+        With asynchronous standbys a failover loses the primary's last commits: an event published
+        before a standby had its order would describe an order the promoted database never had, and
+        its id, handed out again, another order. Flushed by the standbys, the commit survives a
+        promotion. With synchronous replication it is flushed before the commit returns: no wait.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        wanted = self.settings.events_await_standbys
+        while True:
+            try:
+                flushed, hidden = await self.outbox.standbys_flushed(wal_position)
+            except (DatabaseUnavailable, StatementFailed) as exc:
+                self._set_state(DATABASE_UNAVAILABLE, failure_line(self.settings, exc))
+                return False
+            if flushed >= wanted:
+                metrics.EVENTS_STANDBY_WAIT.observe(loop.time() - started)
+                if self.state == STANDBYS_BEHIND:
+                    self._set_state(PUBLISHING)
+                return True
+            if loop.time() + STANDBY_POLL >= deadline:
+                hint = f"; {hidden} hide their position: GRANT pg_read_all_stats (print-grants)" if hidden else ""
+                self._set_state(STANDBYS_BEHIND, f"{flushed} of {wanted} have flushed them{hint}")
+                return False
+            await asyncio.sleep(STANDBY_POLL)  # the standbys report each flush at once: a short pause between looks
 
     async def _publish(self, exchange: AbstractExchange, batch: list[PendingEvent], deadline: float) -> bool:
         """Publish ``batch`` before ``deadline`` (event-loop time); what the broker confirmed is marked next
@@ -314,7 +355,7 @@ class Relay:
         elif not held:
             self._stop_listener()
         self._held = held
-        if not (held and self.state in {REFUSED, FAILING}):  # those end with a batch that goes out whole
+        if not (held and self.state in {REFUSED, FAILING, STANDBYS_BEHIND}):  # those end with a batch that goes out
             self._set_state(PUBLISHING if held else STANDBY)
 
     async def _release(self) -> None:

@@ -78,6 +78,11 @@ EVENTS_OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest event due for publishing, those waiting out a retry back-off aside (0 when none is).",
     multiprocess_mode="livemax",
 )
+EVENTS_STANDBY_WAIT = Histogram(
+    "orders_events_standby_wait_seconds",
+    "Time a batch of events waited for EVENTS_AWAIT_STANDBYS standbys to flush their orders' commits.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 EVENTS_PUBLISHED = Counter("orders_events_published_total", "Events published and confirmed by the broker.", ["type"])
 for _type in ("orders.order.placed", "orders.order.cancelled"):
     EVENTS_PUBLISHED.labels(type=_type)
