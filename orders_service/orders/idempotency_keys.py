@@ -41,7 +41,9 @@ async def purge_keys_older_than(settings: Settings, older_than_hours: int, *, ba
     total = 0
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:
-            repository = IdempotencyKeyRepository(session=session)
+            # Unwrapped: Advanced-Alchemy would report a refused connection as an IntegrityError, and the
+            # command's one-line failure report reads the driver's own error.
+            repository = IdempotencyKeyRepository(session=session, wrap_exceptions=False)
             while True:
                 deleted = await repository.delete_oldest_before(cutoff, batch)
                 await session.commit()  # a short transaction per batch: no long lock on the keys
