@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.pool import NullPool
 
@@ -28,7 +29,7 @@ from orders_service.dev import migrate
 from orders_service.dev.demo_catalog import create_products_table
 from tests.support.database import scratch_database
 
-HEAD = "0004"
+HEAD = ScriptDirectory.from_config(migrate.alembic_config(Settings())).get_current_head()
 
 
 class Interrupted(BaseException):

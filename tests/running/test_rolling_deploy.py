@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
 from orders_service.config import Settings
@@ -50,17 +51,18 @@ SIGTERM_TO_EVERY_PROCESS = {1}  # replica 2 gets it as systemd's control-group d
 PRODUCTS = range(1, 11)
 STOCK = 1_000_000
 
+CURRENT_HEAD = ScriptDirectory.from_config(alembic_config(Settings())).get_current_head() or ""
 ADDITIVE_MIGRATION = '''"""Test only: an additive change, as a rolling deploy's expand step makes it.
 
 Revision ID: 9001
-Revises: 0004
+Revises: {head}
 """
 
 import sqlalchemy as sa
 from alembic import context, op
 
 revision = "9001"
-down_revision = "0004"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -78,7 +80,7 @@ def downgrade() -> None:
     schema = context.config.attributes["settings"].db_schema
     op.drop_index("ix_orders_gift_note", "orders", schema=schema)
     op.drop_column("orders", "gift_note", schema=schema)
-'''
+'''.replace("{head}", CURRENT_HEAD)
 
 
 @dataclass
