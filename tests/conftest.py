@@ -17,7 +17,7 @@ from tests.support.database import ProvisionedDatabase, postgres_server, provisi
 from tests.support.granian import GranianServer, start_granian
 from tests.support.pgbouncer import pgbouncer, plain_binary, prepared_binary
 
-OUR_TABLES = ("orders", "order_items", "idempotency_keys", "outbox", "outbox_relay_lease")
+OUR_TABLES = ("orders", "order_items", "idempotency_keys", "outbox", "outbox_relay_lease", "user_writes")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.pool import QueuePool
 
 from orders_service.config import ConfigError, Settings
@@ -44,11 +45,43 @@ def test_settings_read_from_environment_names() -> None:
         ("BODY_READ_TIMEOUT", "0"),
         ("BODY_READ_TIMEOUT", "301"),
         ("BODY_READ_TIMEOUT", "soon"),
+        ("DB_HOST", "db1:99999"),
+        ("DB_HOST", "db1:"),
+        ("DB_HOST", "db1,,db2"),
+        ("DB_HOST", ""),
+        ("DB_READ_HOSTS", "replica:0"),
+        ("DB_TARGET_SESSION_ATTRS", "primary-ish"),
+        ("DB_READ_MAX_LAG_MS", "-1"),
+        ("EVENTS_AWAIT_STANDBYS", "17"),
     ],
 )
 def test_settings_reject_bad_values_naming_the_variable(name: str, value: str) -> None:
-    with pytest.raises(ConfigError, match=name):
+    with pytest.raises(ConfigError, match=name) as refused:
         Settings.from_env({name: value})
+    assert "\n" not in str(refused.value)
+
+
+def test_several_hosts_with_their_own_ports_reach_libpq_as_lists() -> None:
+    settings = Settings.from_env({"DB_HOST": "db1.internal,db2.internal:5433,[::1]:5434", "DB_PORT": "6432"})
+    assert settings.database_url.query == {"host": "db1.internal,db2.internal,::1", "port": "6432,5433,5434"}
+    info = conninfo_to_dict(settings.conninfo)
+    assert (info["host"], info["port"], info["target_session_attrs"]) == (
+        "db1.internal,db2.internal,::1",
+        "6432,5433,5434",
+        "read-write",
+    )
+    assert Settings.from_env(settings.as_env()) == settings
+
+
+def test_one_host_with_a_port_overrides_db_port() -> None:
+    url = Settings.from_env({"DB_HOST": "db:6543", "DB_PORT": "5432"}).database_url
+    assert (url.host, url.port) == ("db", 6543)
+
+
+def test_read_replicas_are_off_unless_named() -> None:
+    assert Settings.from_env({}).read_endpoints == []
+    replicas = Settings.from_env({"DB_READ_HOSTS": "r1,r2:5433"}).read_database_url
+    assert replicas.query == {"host": "r1,r2", "port": "5432,5433"}
 
 
 def test_fractional_pool_timeout_is_kept() -> None:

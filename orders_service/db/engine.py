@@ -20,7 +20,7 @@ from advanced_alchemy.extensions.litestar import (
 from psycopg import OperationalError
 from psycopg import _queries as psycopg_queries  # private: see cache_statement_conversion
 from psycopg.pq import ConnStatus
-from sqlalchemy import event
+from sqlalchemy import URL, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
@@ -69,11 +69,19 @@ def cache_statement_conversion() -> None:
     )
 
 
-def create_engine(settings: Settings, *, pool_size: int, pool_timeout: float) -> AsyncEngine:
-    """An engine whose pool never hands out a connection the server has already closed."""
+def create_engine(
+    settings: Settings,
+    *,
+    pool_size: int,
+    pool_timeout: float,
+    url: URL | None = None,
+    connect: dict[str, Any] | None = None,
+) -> AsyncEngine:
+    """An engine whose pool never hands out a connection the server has already closed; ``DB_HOST``'s servers
+    unless ``url`` names others (with ``connect`` for their connection arguments)."""
     cache_statement_conversion()
     engine = create_async_engine(
-        settings.database_url,
+        url or settings.database_url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=pool_timeout,
@@ -83,7 +91,7 @@ def create_engine(settings: Settings, *, pool_size: int, pool_timeout: float) ->
         pool_reset_on_return=None,
         isolation_level="AUTOCOMMIT",
         hide_parameters=True,  # parameters hold user ids: never in an exception text or a log line
-        connect_args=connect_args(settings),
+        connect_args=connect if connect is not None else connect_args(settings),
         execution_options={"schema_translate_map": settings.schema_translate_map},
     )
     event.listen(engine.sync_engine, "checkout", discard_if_closed_by_server)
@@ -146,6 +154,19 @@ def discard_if_closed_by_server(
 def request_engine(settings: Settings) -> AsyncEngine:
     """The pool that serves requests: ``DB_POOL_SIZE`` connections per worker, no overflow."""
     return create_engine(settings, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
+
+
+def replica_engine(settings: Settings) -> AsyncEngine:
+    """The pool of the read replicas (``DB_READ_HOSTS``): ``DB_POOL_SIZE`` connections per worker, each to a
+    standby picked at random (a replica promoted by a failover is left out as it takes writes)."""
+    connect = {**connect_args(settings, target_session_attrs="standby"), "load_balance_hosts": "random"}
+    return create_engine(
+        settings,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout,
+        url=settings.read_database_url,
+        connect=connect,
+    )
 
 
 def readiness_engine(settings: Settings) -> AsyncEngine:

@@ -22,7 +22,10 @@ OWN_TABLE_PRIVILEGES = (
     ("idempotency_keys", "SELECT, INSERT, UPDATE (order_id), DELETE"),
     ("outbox", "SELECT, INSERT, UPDATE (published_at, attempts, next_attempt_at), DELETE"),
     ("outbox_relay_lease", "SELECT, INSERT, UPDATE (holder, expires_at)"),
+    ("user_writes", "SELECT, INSERT, UPDATE (version)"),
 )
+# The sequences of the ids that inserts take by default (migration 0005).
+OWN_SEQUENCES = ("order_ids", "outbox_ids")
 CATALOG_PRIVILEGES = "SELECT (id, price_cents, stock), UPDATE (stock)"
 
 
@@ -51,6 +54,7 @@ def _schema_owner_part(settings: Settings, grantee: str) -> list[str]:
         "-- migration (a new or re-created table has no grants):",
         f"GRANT USAGE ON SCHEMA {own} TO {grantee};",
         *(f"GRANT {privileges} ON {own}.{table} TO {grantee};" for table, privileges in OWN_TABLE_PRIVILEGES),
+        *(f"GRANT USAGE ON SEQUENCE {own}.{sequence} TO {grantee};" for sequence in OWN_SEQUENCES),
     ]
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    FetchedValue,
     ForeignKey,
     Identity,
     Index,
@@ -56,7 +57,8 @@ class Order(Base):
         {"schema": "orders"},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # timeline * 2^40 + a sequence value: never handed out twice, even after a failover (migration 0005)
+    id: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue(), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(USER_ID_MAX_LENGTH))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     total_cents: Mapped[int] = mapped_column(BigInteger)
@@ -138,7 +140,8 @@ class OutboxEvent(Base):
         {"schema": "orders"},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # timeline * 2^40 + a sequence value: never handed out twice, even after a failover (migration 0005)
+    id: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue(), primary_key=True)
     event_id: Mapped[UUID] = mapped_column(Uuid, server_default=func.gen_random_uuid())
     order_id: Mapped[int] = mapped_column(BigInteger)
     type: Mapped[str] = mapped_column(String(EVENT_TYPE_MAX_LENGTH))
@@ -147,6 +150,17 @@ class OutboxEvent(Base):
     # Tries the broker refused or could not route; the next one waits until next_attempt_at.
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default="-infinity")
+
+
+class UserWrite(Base):
+    """How many times a user's orders changed while read replicas were configured: a replica whose ``version``
+    for the user is the primary's has replayed every one of them (``orders/read_routing.py``)."""
+
+    __tablename__ = "user_writes"
+    __table_args__ = {"schema": "orders"}
+
+    user_id: Mapped[str] = mapped_column(String(USER_ID_MAX_LENGTH), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class RelayLease(Base):

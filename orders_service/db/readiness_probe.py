@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from orders_service.db.readiness import check_tables
 from orders_service.db.transactions import StatementFailed
 from orders_service.db.unavailable import DatabaseUnavailable
+from orders_service.observability import metrics
 
 if TYPE_CHECKING:
     from orders_service.db.transactions import TransactionRunner
@@ -49,7 +50,7 @@ class ReadinessProbe:
 
     async def _run(self) -> DatabaseUnavailable | None:
         try:
-            await check_tables(self._runner)
+            metrics.DB_TIMELINE.set(await check_tables(self._runner))
         except DatabaseUnavailable as unavailable:
             return unavailable
         except StatementFailed as failed:  # e.g. a cached plan gone stale under a migration: not ready, and why

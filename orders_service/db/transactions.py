@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -65,6 +66,9 @@ _SERVER_GONE_CLASSES = ("08", "57P01", "57P02", "57P03", "53")
 # A write on a server that accepts none (a standby, one promoted late, or a name that moved to it before its
 # promotion): the connection is on the wrong server, and another one may find the primary.
 READ_ONLY_TRANSACTION = "25006"
+# libpq's refusal of every server of DB_HOST for DB_TARGET_SESSION_ATTRS (read-write, primary): the servers are up,
+# none takes writes (a failover under way), which is what ``read_only`` says, not that the database is down.
+_WRONG_SESSION = re.compile(r"session is read-only|server is in hot standby mode")
 
 Rows = list[tuple[Any, ...]]
 
@@ -169,7 +173,8 @@ class TransactionRunner:
                 raise DatabaseUnavailable("database_timeout") from None
             except (DBAPIError, psycopg.Error) as exc:  # the pool hands over the driver's connect error as is
                 cause = exc.orig if isinstance(exc, DBAPIError) else exc
-                raise DatabaseUnavailable("database_unavailable", context=_describe(cause)) from None
+                refused: UnavailableCause = "read_only" if _WRONG_SESSION.search(str(cause)) else "database_unavailable"
+                raise DatabaseUnavailable(refused, context=_describe(cause)) from None
             try:
                 return await self._send(connection, steps, writes=writes, deadline=deadline, timeouts=timeouts)
             finally:

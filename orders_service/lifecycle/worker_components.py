@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orders_service.config import Settings
-from orders_service.db.engine import readiness_engine, request_engine
+from orders_service.db.engine import readiness_engine, replica_engine, request_engine
 from orders_service.db.readiness_probe import ReadinessProbe
 from orders_service.db.transactions import TransactionRunner
 from orders_service.events.relay_in_serve import RelayInServe
 from orders_service.observability import metrics
 from orders_service.orders.product_queues import ProductQueues
+from orders_service.orders.read_routing import ReadRouter
 from orders_service.orders.service import OrderService
 from orders_service.orders.store import OrderStore
 
@@ -22,6 +23,7 @@ from orders_service.orders.store import OrderStore
 class WorkerComponents:
     settings: Settings
     runner: TransactionRunner
+    reads: ReadRouter
     readiness_runner: TransactionRunner
     readiness: ReadinessProbe
     queues: ProductQueues
@@ -38,8 +40,18 @@ class WorkerComponents:
             pool_timeout=settings.db_pool_timeout,
             pool_name=metrics.REQUEST_POOL,
         )
+        replica = None
+        if settings.db_read_hosts:
+            replica = TransactionRunner(
+                replica_engine(settings),
+                settings,
+                pool_size=settings.db_pool_size,
+                pool_timeout=settings.db_pool_timeout,
+                pool_name=metrics.REPLICA_POOL,
+            )
+        reads = ReadRouter(runner, replica, max_lag=settings.db_read_max_lag_ms / 1000)
         queues = ProductQueues(
-            OrderStore(runner),
+            OrderStore(runner, reads),
             max_orders=settings.order_batch_max,
             lock_timeout=settings.db_lock_timeout_ms / 1000,
             per_product=settings.order_queue_per_product,
@@ -57,6 +69,7 @@ class WorkerComponents:
         return cls(
             settings=settings,
             runner=runner,
+            reads=reads,
             readiness_runner=readiness_runner,
             readiness=ReadinessProbe(readiness_runner, timeout=settings.health_timeout),
             queues=queues,
@@ -71,4 +84,6 @@ class WorkerComponents:
     async def close(self) -> None:
         await self.events.stop()
         await self.runner.engine.dispose()
+        if self.reads.replica is not None:
+            await self.reads.replica.engine.dispose()
         await self.readiness_runner.engine.dispose()

@@ -53,6 +53,7 @@ SERVICE_UNAVAILABLE = Counter(
 SERVICE_UNAVAILABLE_BY_CAUSE = {cause: SERVICE_UNAVAILABLE.labels(cause=cause) for cause in get_args(UnavailableCause)}
 
 REQUEST_POOL = "requests"
+REPLICA_POOL = "replicas"
 POOL_IN_USE = Gauge(
     "db_pool_connections_in_use", "Pooled connections running a transaction.", ["pool"], multiprocess_mode="livesum"
 )
@@ -96,3 +97,37 @@ EVENTS_PUBLISH_FAILURES = Counter(
 PUBLISH_FAILURE_REASONS = ("nacked", "unroutable", "unreachable", "timeout", "unexpected")
 for _reason in PUBLISH_FAILURE_REASONS:
     EVENTS_PUBLISH_FAILURES.labels(reason=_reason)
+
+READS = Counter(
+    "orders_reads_total",
+    "Reads of a user's orders, by the server that answered (primary or replica) and why: no_replica (none"
+    " configured), caught_up (the replica has replayed all the primary had flushed), within_lag (it is behind by"
+    " at most DB_READ_MAX_LAG_MS); user_write_pending (it has not replayed the user's last write yet), lagging (past"
+    " the bound), replica_unavailable (down, or failing: the replicas are left alone for a few seconds),"
+    " not_a_replica (a replica promoted), primary_in_recovery (a failover under way).",
+    ["target", "reason"],
+)
+REPLICA_REASONS = ("caught_up", "within_lag")
+PRIMARY_REASONS = (
+    "no_replica",
+    "user_write_pending",
+    "lagging",
+    "replica_unavailable",
+    "not_a_replica",
+    "primary_in_recovery",
+)
+for _reason in REPLICA_REASONS:
+    READS.labels(target="replica", reason=_reason)
+for _reason in PRIMARY_REASONS:
+    READS.labels(target="primary", reason=_reason)
+REPLICA_LAG = Gauge(
+    "orders_db_replica_lag_seconds",
+    "How far behind the primary the replica of the last read was: 0 when it had replayed all the primary had"
+    " flushed, else the age of the last transaction it replayed.",
+    multiprocess_mode="livemax",
+)
+DB_TIMELINE = Gauge(
+    "orders_db_timeline",
+    "The PostgreSQL timeline of the primary, read by the readiness check: each failover (promotion) raises it.",
+    multiprocess_mode="livemax",
+)

@@ -17,15 +17,21 @@ from __future__ import annotations
 from orders_service.db.models import ORDER_CANCELLED
 from orders_service.db.statements import TextStatement
 from orders_service.orders.lock_rule import other_products, product_exists, waited_product
+from orders_service.orders.write_versions import bump_write_versions
 
 _TO_RESTOCK = "SELECT item.product_id FROM item WHERE EXISTS (SELECT FROM owned WHERE owned.status = 'placed')"
 _WAIT_FOR = "%(wait_for)s::integer"
 _ORDER_COLUMNS = "o.id, o.user_id, o.created_at, o.total_cents, o.status, o.cancelled_at"
 _THE_ORDER = "o.id IN (SELECT owned.id FROM owned)"
 
-CANCEL_ORDER = TextStatement(
-    "cancel_order",
-    f"""
+
+def _cancel_order(*, bump_versions: bool) -> TextStatement:
+    """The statement; ``bump_versions``: it also bumps the user's write version when it cancels (``write_versions``:
+    with read replicas)."""
+    versions = f",\n    {bump_write_versions('SELECT %(owner)s::varchar FROM cancelled')}" if bump_versions else ""
+    return TextStatement(
+        "cancel_order_versioned" if bump_versions else "cancel_order",
+        f"""
     WITH owned AS MATERIALIZED (
         SELECT o.id, o.status FROM {{orders}}.orders AS o
         WHERE o.id = %(order_id)s::bigint AND o.user_id = %(owner)s::varchar
@@ -67,7 +73,7 @@ CANCEL_ORDER = TextStatement(
     ),
     cancelled_event AS (
         INSERT INTO {{orders}}.outbox (order_id, type) SELECT cancelled.id, '{ORDER_CANCELLED}' FROM cancelled
-    )
+    ){versions}
     SELECT target.id, target.user_id, target.created_at, target.total_cents,
         coalesce(cancelled.status, target.status) AS status,
         coalesce(cancelled.cancelled_at, target.cancelled_at) AS cancelled_at,
@@ -82,4 +88,8 @@ CANCEL_ORDER = TextStatement(
     SELECT owned.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, true
     FROM owned WHERE NOT EXISTS (SELECT FROM target)
     """,
-)
+    )
+
+
+CANCEL_ORDER = _cancel_order(bump_versions=False)
+CANCEL_ORDER_VERSIONED = _cancel_order(bump_versions=True)

@@ -41,15 +41,22 @@ from __future__ import annotations
 from orders_service.db.models import ORDER_PLACED
 from orders_service.db.statements import TextStatement
 from orders_service.orders.lock_rule import other_products, product_exists, waited_product
+from orders_service.orders.write_versions import bump_write_versions
 
 PG_BIGINT_MAX = 2**63 - 1
 
 _WANTED = "SELECT line.product_id FROM line"
 _WAIT_FOR = "%(wait_for)s::integer"
+_PLACED_OWNERS = "SELECT batch.owner FROM placed JOIN batch ON batch.ord = placed.ord"
 
-PLACE_ORDERS = TextStatement(
-    "place_orders",
-    f"""
+
+def _place_orders(*, bump_versions: bool) -> TextStatement:
+    """The statement; ``bump_versions``: it also bumps the write version of the users whose orders it places
+    (``write_versions``: with read replicas)."""
+    versions = f",\n    {bump_write_versions(_PLACED_OWNERS)}" if bump_versions else ""
+    return TextStatement(
+        "place_orders_versioned" if bump_versions else "place_orders",
+        f"""
     WITH RECURSIVE batch AS (
         SELECT b.ord::integer AS ord, b.owner, b.key, b.request_hash
         FROM unnest(%(owners)s::varchar[], %(keys)s::varchar[], %(hashes)s::varchar[])
@@ -164,7 +171,7 @@ PLACE_ORDERS = TextStatement(
     placed_events AS (
         INSERT INTO {{orders}}.outbox (order_id, type)
         SELECT placed.id, '{ORDER_PLACED}' FROM placed ORDER BY placed.id
-    ),
+    ){versions},
     tripwire AS (
         SELECT CASE
             WHEN count(reserved.id) = (SELECT count(*) FROM taken) AND coalesce(min(reserved.stock), 0) >= 0 THEN 0
@@ -182,4 +189,8 @@ PLACE_ORDERS = TextStatement(
     LEFT JOIN placed ON placed.ord = batch.ord
     ORDER BY batch.ord
     """,
-)
+    )
+
+
+PLACE_ORDERS = _place_orders(bump_versions=False)
+PLACE_ORDERS_VERSIONED = _place_orders(bump_versions=True)

@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, DateTime, Integer, String, Table, bindparam, 
 from sqlalchemy.sql import Select
 
 from orders_service.db.models import Order
-from orders_service.db.statements import Statement
+from orders_service.db.statements import Statement, TextStatement
 from orders_service.orders.order_rows import ORDER_COLUMNS, items_json
 
 _orders = cast("Table", Order.__table__)
@@ -45,4 +45,19 @@ NEXT_PAGE = Statement(
     )
     .order_by(*_newest_first)
     .limit(bindparam("limit", type_=Integer)),
+)
+
+# Read-your-writes with replicas (``read_routing``): the user's write version and how far the primary's WAL is
+# flushed (NULL on a server in recovery: a failover under way), and on a replica the same version, how far it has
+# replayed (NULL on a server not in recovery) and how long ago the last transaction it replayed committed.
+PRIMARY_POSITION = TextStatement(
+    "primary_position",
+    "SELECT (SELECT w.version FROM {orders}.user_writes AS w WHERE w.user_id = %(owner)s::varchar),"
+    " CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_flush_lsn()::text END",
+)
+REPLICA_POSITION = TextStatement(
+    "replica_position",
+    "SELECT (SELECT w.version FROM {orders}.user_writes AS w WHERE w.user_id = %(owner)s::varchar),"
+    " pg_last_wal_replay_lsn()::text,"
+    " extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8",
 )

@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 from orders_service.db.statements import Step
 from orders_service.db.transactions import TransactionRunner
-from orders_service.orders.cancel_sql import CANCEL_ORDER
+from orders_service.orders.cancel_sql import CANCEL_ORDER, CANCEL_ORDER_VERSIONED
 from orders_service.orders.order_rows import order_from_row
-from orders_service.orders.place_sql import PLACE_ORDERS
+from orders_service.orders.place_sql import PLACE_ORDERS, PLACE_ORDERS_VERSIONED
+from orders_service.orders.read_routing import ReadRouter
 from orders_service.orders.read_sql import FIRST_PAGE, GET_ORDER, NEXT_PAGE
 from orders_service.orders.schemas import OrderItemRead, OrderRead
 
@@ -67,8 +68,13 @@ class CancelOutcome:
 class OrderStore:
     """Orders, their items, the stock they reserve and the idempotency keys that name them: the request path's SQL."""
 
-    def __init__(self, runner: TransactionRunner) -> None:
+    def __init__(self, runner: TransactionRunner, reads: ReadRouter | None = None) -> None:
+        """``reads``: where reads go (default: ``runner``); with read replicas, writes bump the users' versions."""
         self.runner = runner
+        self.reads = reads or ReadRouter(runner, None, max_lag=0)
+        versioned = self.reads.replicated
+        self._place = PLACE_ORDERS_VERSIONED if versioned else PLACE_ORDERS
+        self._cancel = CANCEL_ORDER_VERSIONED if versioned else CANCEL_ORDER
 
     async def place_orders(
         self,
@@ -106,7 +112,7 @@ class OrderStore:
             "orders": len(requests),
         }
         ((rows,)) = await self.runner.run(
-            [Step(PLACE_ORDERS, params)], writes=True, deadline=deadline, lock_timeout_ms=lock_timeout_ms
+            [Step(self._place, params)], writes=True, deadline=deadline, lock_timeout_ms=lock_timeout_ms
         )
         return [_placement(request, row) for request, row in zip(requests, rows, strict=True)]
 
@@ -125,7 +131,7 @@ class OrderStore:
         """
         params = {"owner": user_id, "order_id": order_id, "wait_for": wait_for}
         ((rows,)) = await self.runner.run(
-            [Step(CANCEL_ORDER, params)], writes=True, deadline=deadline, lock_timeout_ms=lock_timeout_ms
+            [Step(self._cancel, params)], writes=True, deadline=deadline, lock_timeout_ms=lock_timeout_ms
         )
         if not rows:
             return None
@@ -149,7 +155,7 @@ class OrderStore:
 
     async def get_for_user(self, user_id: str, order_id: int) -> OrderRead | None:
         """The user's order with its items, or None (whether it is missing or someone else's)."""
-        ((rows,)) = await self.runner.run([Step(GET_ORDER, {"owner": user_id, "order_id": order_id})], writes=False)
+        ((rows,)) = await self.reads.read(user_id, [Step(GET_ORDER, {"owner": user_id, "order_id": order_id})])
         return order_from_row(rows[0]) if rows else None
 
     async def list_for_user(
@@ -164,7 +170,7 @@ class OrderStore:
         else:
             params = {"owner": user_id, "limit": limit, "after_created_at": before[0], "after_id": before[1]}
             step = Step(NEXT_PAGE, params)
-        ((rows,)) = await self.runner.run([step], writes=False)
+        ((rows,)) = await self.reads.read(user_id, [step])
         return [order_from_row(row) for row in rows]
 
 

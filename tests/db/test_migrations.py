@@ -24,10 +24,11 @@ from orders_service.db.startup_check import check_database_at_start
 from orders_service.dev import migrate
 from orders_service.dev.demo_catalog import create_products_table
 from orders_service.dev.migrate import PROJECT_ROOT
+from tests.conftest import OUR_TABLES as CONFTEST_TABLES
 from tests.support.database import ProvisionedDatabase, connect_as, grant_as_schema_owner, scratch_database
 
 ALICE = {"X-User": "alice"}
-OUR_TABLES = {"alembic_version", "orders", "order_items", "idempotency_keys", "outbox", "outbox_relay_lease"}
+OUR_TABLES = {"alembic_version", *CONFTEST_TABLES}
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from tests.support.keepalive_http import KeepAliveClient, TransportError
 
 Upstream = str | tuple[str, int]  # a Unix socket's path, or a TCP (host, port)
+Command = str | tuple[str, Any]  # what the test sends the relay's process
 
 
 class FreezableProxy:
@@ -28,6 +29,10 @@ class FreezableProxy:
     While frozen, connections stay open and bytes are held (TCP would retransmit them), new
     connections are accepted but not forwarded: no error ever reaches either side. The relay runs
     in a process of its own: in the test's process it would queue for the GIL behind the clients.
+
+    It can also play a slow link (``delay``: every chunk from the upstream reaches the client that much later, in
+    order) and a name that moves (``move_to``: new connections go to another upstream; ``cut``: every relayed
+    connection is closed, as when the host it reached is gone).
     """
 
     def __init__(self, upstream: Upstream) -> None:
@@ -40,8 +45,9 @@ class FreezableProxy:
         if not self._control.poll(30):
             raise RuntimeError("the freezable proxy did not start")
         self.port: int = self._control.recv()
+        self.upstream: Upstream = upstream
 
-    def _command(self, command: str) -> None:
+    def _command(self, command: Command) -> None:
         self._control.send(command)
         if self._control.recv() != command:  # acknowledged once the relay's loop has applied it
             raise RuntimeError(f"the freezable proxy did not {command}")
@@ -51,6 +57,22 @@ class FreezableProxy:
 
     def thaw(self) -> None:
         self._command("thaw")
+
+    def delay(self, milliseconds: float) -> None:
+        """On the connections opened from now on, each chunk from the upstream reaches the client ``milliseconds``
+        after it arrived (in order; the other direction is not delayed): a distant or busy peer. 0: no delay."""
+        self._command(("delay", milliseconds))
+
+    def move_to(self, upstream: Upstream, *, cut: bool = False) -> None:
+        """New connections go to ``upstream`` once this returns; ``cut``: close the relayed ones too."""
+        self._command(("move", upstream))
+        self.upstream = upstream
+        if cut:
+            self.cut()
+
+    def cut(self) -> None:
+        """Close every relayed connection at once (both sides; unsent bytes are dropped), as a host that vanished."""
+        self._command("cut")
 
     def close(self) -> None:
         with contextlib.suppress(OSError, EOFError, RuntimeError):
@@ -67,6 +89,10 @@ def _relay_process(upstream: Upstream, control: Connection) -> None:
 async def _relay(upstream: Upstream, control: Connection) -> None:
     flowing = asyncio.Event()
     flowing.set()
+    target = [upstream]  # where new connections go (``move``)
+    delay = [0.0]  # seconds added to each chunk from the upstream (``delay``)
+    relayed: set[asyncio.StreamWriter] = set()  # both ends of every open connection (``cut``)
+    loop = asyncio.get_running_loop()
 
     async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -77,28 +103,67 @@ async def _relay(upstream: Upstream, control: Connection) -> None:
         finally:
             writer.close()
 
+    async def delayed_pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """As ``pump``, each chunk written ``delay`` after it was read: reading goes on meanwhile (a latency, not a
+        throughput limit), and the end of the stream comes after the last chunk."""
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await chunks.get()
+                if not data:
+                    return
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)  # the link's latency: the fault itself
+                await flowing.wait()
+                writer.write(data)
+                await writer.drain()
+
+        delivering = asyncio.create_task(deliver())
+        try:
+            while data := await reader.read(65536):
+                chunks.put_nowait((loop.time() + delay[0], data))
+            chunks.put_nowait((loop.time() + delay[0], b""))
+            await delivering
+        finally:
+            delivering.cancel()
+            writer.close()
+
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         await flowing.wait()
+        destination = target[0]
         try:
-            if isinstance(upstream, str):
-                server_reader, server_writer = await asyncio.open_unix_connection(upstream)
+            if isinstance(destination, str):
+                server_reader, server_writer = await asyncio.open_unix_connection(destination)
             else:
-                server_reader, server_writer = await asyncio.open_connection(*upstream)
+                server_reader, server_writer = await asyncio.open_connection(*destination)
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(
-            pump(client_reader, server_writer), pump(server_reader, client_writer), return_exceptions=True
-        )
+        relayed.update((client_writer, server_writer))
+        downstream = delayed_pump if delay[0] > 0 else pump
+        try:
+            await asyncio.gather(
+                pump(client_reader, server_writer), downstream(server_reader, client_writer), return_exceptions=True
+            )
+        finally:
+            relayed.difference_update((client_writer, server_writer))
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     control.send(server.sockets[0].getsockname()[1])
-    loop = asyncio.get_running_loop()
     while (command := await loop.run_in_executor(None, control.recv)) != "stop":
-        if command == "freeze":
-            flowing.clear()
-        else:
-            flowing.set()
+        match command:
+            case "freeze":
+                flowing.clear()
+            case "thaw":
+                flowing.set()
+            case ("delay", milliseconds):
+                delay[0] = milliseconds / 1000
+            case ("move", destination):
+                target[0] = destination
+            case "cut":
+                for writer in list(relayed):
+                    writer.transport.abort()
         control.send(command)
     control.send(command)
     server.close()
@@ -123,6 +188,8 @@ class LoadReport:
     cancelled: set[int] = field(default_factory=set)  # orders whose cancellation was answered with 200
     pages: int = 0  # GET /orders/me answered with 200
     answers: list[tuple[float, float, int]] = field(default_factory=list)  # (sent, answered, status)
+    order_answers: list[tuple[float, float, int]] = field(default_factory=list)  # the answers to POST /orders only
+    reasons: list[tuple[float, float, str]] = field(default_factory=list)  # (sent, answered, reason) of each 503
     unknown_outcome_503s: int = 0
 
     def slowest(self, since: float, until: float) -> float:
@@ -213,11 +280,15 @@ class OrderLoad:
             answered = time.monotonic()
             self.report.statuses[status] += 1
             self.report.answers.append((sent, answered, status))
+            if method == "POST" and path == "/orders":
+                self.report.order_answers.append((sent, answered, status))
             if status == 200:
                 return json.loads(content)
             if status != 503:
                 return None  # a bug: the test fails on the status count
-            if "may or may not" in json.loads(content).get("detail", ""):
+            problem = json.loads(content)
+            self.report.reasons.append((sent, answered, str(problem.get("reason"))))
+            if "may or may not" in problem.get("detail", ""):
                 self.report.unknown_outcome_503s += 1
             await asyncio.sleep(self.retry_pause)  # back off before retrying, as a client would
 
