@@ -21,12 +21,13 @@ from orders_service.config import Settings
 from orders_service.db.statements import Statement
 from orders_service.db.transactions import SET_TIMEOUTS
 from orders_service.orders.place_sql import PLACE_ORDERS
-from orders_service.orders.read_sql import FIRST_PAGE
+from orders_service.orders.read_sql import FIRST_PAGE, PRIMARY_POSITION
 
 # The flash-sale references beside ``hot``'s ceiling (the service's one order per transaction, one statement):
 HOT_ROW = "hot-row"  # one statement that only decrements product 1's row: one row per transaction, nothing else
 HOT_X10 = "hot-x10"  # the service's statement placing ten orders of product 1 per transaction
 FLASH_SALE_REFERENCES = {HOT_ROW: 1, HOT_X10: 10}  # orders per transaction
+VERSION_LOOKUP = "version-lookup"  # with read replicas: the primary's share of a read a replica serves
 
 
 def _sql(statement: Statement | str, settings: Settings, values: dict[str, str]) -> str:
@@ -101,12 +102,19 @@ def hot_batch_script(settings: Settings, orders: int) -> str:
     return "\n".join([*users, "\\startpipeline", _timeouts(settings), place, "\\endpipeline"]) + "\n"
 
 
+def _reader_pipeline(settings: Settings, sql: str) -> str:
+    """A pgbench script: a random reader ``:r``, then the timeouts and ``sql`` in one pipeline."""
+    lines = [f"\\set r random(0, {READERS - 1})", "\\startpipeline", _timeouts(settings), sql, "\\endpipeline"]
+    return "\n".join(lines) + "\n"
+
+
 def list_script(settings: Settings) -> str:
-    page = _sql(FIRST_PAGE, settings, {"owner": "('reader-' || :r)", "limit": "51"})
-    return (
-        "\n".join([f"\\set r random(0, {READERS - 1})", "\\startpipeline", _timeouts(settings), page, "\\endpipeline"])
-        + "\n"
-    )
+    return _reader_pipeline(settings, _sql(FIRST_PAGE, settings, {"owner": "('reader-' || :r)", "limit": "51"}))
+
+
+def version_lookup_script(settings: Settings) -> str:
+    """What a read served by a replica costs the primary: the user's write version and the flushed WAL position."""
+    return _reader_pipeline(settings, _sql(PRIMARY_POSITION, settings, {"owner": "('reader-' || :r)"}))
 
 
 def scripts(settings: Settings, scenario: str, directory: Path) -> list[str]:
@@ -120,12 +128,14 @@ def scripts(settings: Settings, scenario: str, directory: Path) -> list[str]:
     create = [f"{write(f'create{n}', create_script(settings, n))}@1" for n in (1, 2, 3)]
     if scenario == "create":
         return create
-    if scenario == "hot":
-        return [write("hot", create_script(settings, 1, hot=True))]
-    if scenario == HOT_ROW:
-        return [write("hot-row", hot_row_script(settings))]
-    if scenario == HOT_X10:
-        return [write("hot-x10", hot_batch_script(settings, FLASH_SALE_REFERENCES[HOT_X10]))]
+    single = {
+        "hot": lambda: create_script(settings, 1, hot=True),
+        HOT_ROW: lambda: hot_row_script(settings),
+        HOT_X10: lambda: hot_batch_script(settings, FLASH_SALE_REFERENCES[HOT_X10]),
+        VERSION_LOOKUP: lambda: version_lookup_script(settings),
+    }
+    if scenario in single:
+        return [write(scenario, single[scenario]())]
     listing = write("list", list_script(settings))
     if scenario == "list":
         return [listing]
