@@ -22,8 +22,9 @@ and not decided yet, may still take (they keep their place in line). One stateme
 
 5. One decrement per product for the placed orders, which are inserted in arrival order with their
    items (by product id), keys and outbox events; the new ids are matched to the orders by sorting
-   both (an identity column takes its values in the order of ``INSERT … SELECT … ORDER BY``;
-   SQLAlchemy's "insertmanyvalues" relies on the same for PostgreSQL).
+   both (a column default's ``nextval`` takes its values in the order of ``INSERT … SELECT … ORDER BY``,
+   and the timeline above them is the same for the whole statement; SQLAlchemy's "insertmanyvalues"
+   relies on the same for PostgreSQL).
 6. ``tripwire``: the statement fails (and so writes nothing) unless it decremented exactly the
    products of the placed orders and left none below zero, whatever the catalog's constraints.
 
