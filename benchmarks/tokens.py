@@ -28,7 +28,7 @@ class SignedIdentity:
     token_file: Path  # "user token" lines, for wrk (BENCH_TOKENS)
 
 
-def signed_identity(mode: str, directory: Path, lifetime: int = 3600) -> SignedIdentity:
+def signed_identity(mode: str, directory: Path, lifetime: int = 3600, users: tuple[str, ...] = USERS) -> SignedIdentity:
     """The key of ``mode`` (``jwt-es256``, ``jwt-rs256`` or ``jwt-hs256``), the service configured with it (the
     public key in a JWKS file, or the shared secret), and a token per user valid for ``lifetime`` seconds."""
     algorithm = mode.removeprefix("jwt-").upper()
@@ -45,7 +45,7 @@ def signed_identity(mode: str, directory: Path, lifetime: int = 3600) -> SignedI
     now = int(time.time())
     token_file = directory / f"tokens-{mode}.txt"
     with token_file.open("w") as lines:
-        for user in USERS:
+        for user in users:
             claims = {"sub": user, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + lifetime}
             token = jwt.encode(claims, signing_key, algorithm=algorithm, headers={"kid": KID})
             lines.write(f"{user} {token}\n")
