@@ -11,15 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from benchmarks.seed import HEAVY_USER, LIGHT_USER
 
-AUTH_MODES = ("jwt-es256", "jwt-rs256", "jwt-hs256")
+ALGORITHMS = {"jwt-es256": "ES256", "jwt-rs256": "RS256", "jwt-hs256": "HS256", "jwt-eddsa": "EdDSA"}
+AUTH_MODES = tuple(ALGORITHMS)
 ISSUER, AUDIENCE, KID = "https://gateway.bench", "orders-service", "bench-1"
 # Every user the scripts name: create's and hot's buyers, list's and mixed's readers, the growth run's two.
 USERS = (*(f"buyer-{n}" for n in range(1, 5001)), *(f"reader-{n}" for n in range(1000)), HEAVY_USER, LIGHT_USER)
+
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,11 @@ class SignedIdentity:
 
 
 def signed_identity(mode: str, directory: Path, lifetime: int = 3600, users: tuple[str, ...] = USERS) -> SignedIdentity:
-    """The key of ``mode`` (``jwt-es256``, ``jwt-rs256`` or ``jwt-hs256``), the service configured with it (the
-    public key in a JWKS file, or the shared secret), and a token per user valid for ``lifetime`` seconds."""
-    algorithm = mode.removeprefix("jwt-").upper()
+    """The key of ``mode`` (one of AUTH_MODES), the service configured with it (the public key in a JWKS file, or
+    the shared secret), and a token per user valid for ``lifetime`` seconds."""
+    algorithm = ALGORITHMS[mode]
     settings = {"AUTH_MODE": "jwt", "AUTH_ISSUER": ISSUER, "AUTH_AUDIENCE": AUDIENCE, "AUTH_ALGORITHMS": algorithm}
-    signing_key: str | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    signing_key: str | PrivateKey
     if algorithm == "HS256":
         signing_key = os.urandom(32).hex()
         settings["AUTH_HS256_SECRET"] = signing_key
@@ -52,10 +56,13 @@ def signed_identity(mode: str, directory: Path, lifetime: int = 3600, users: tup
     return SignedIdentity(settings, token_file)
 
 
-def _key_pair(algorithm: str) -> tuple[ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, dict[str, Any]]:
+def _key_pair(algorithm: str) -> tuple[PrivateKey, dict[str, Any]]:
     """A new private key and its public JWK."""
     if algorithm == "ES256":
         ec_key = ec.generate_private_key(ec.SECP256R1())
         return ec_key, ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True)
+    if algorithm == "EdDSA":
+        ed_key = ed25519.Ed25519PrivateKey.generate()
+        return ed_key, OKPAlgorithm.to_jwk(ed_key.public_key(), as_dict=True)
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return rsa_key, RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True)
