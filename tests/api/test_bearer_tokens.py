@@ -290,6 +290,7 @@ async def test_a_flood_of_unknown_kids_fetches_the_jwks_once(
     make_client: Callable[..., JwtClient], issuer: Issuer, jwks: JwksServer
 ) -> None:
     async with make_client(AUTH_JWKS_REFRESH_COOLDOWN_SECONDS="60") as client:
+        assert jwks.requests == 0  # the app started: nothing fetched before a token needs a key
         forged = [issuer.token(headers={"kid": f"forged-{n}"}) for n in range(100)]
         responses = await asyncio.gather(*(client.get("/orders/me", headers=bearer(token)) for token in forged))
         assert {(response.status_code, response.json()["reason"]) for response in responses} == {(401, "unknown_key")}
