@@ -56,8 +56,10 @@ class BearerGuard:
         values = connection.headers.getall(AUTHORIZATION, [])
         if not values or not values[0][:7].lower().startswith("bearer"):
             raise TokenRefused("missing")
+        if len(values) > 1 or len(values[0]) > MAX_TOKEN_LENGTH:
+            raise TokenRefused("malformed")
         matched = _BEARER.fullmatch(values[0])
-        if len(values) > 1 or len(values[0]) > MAX_TOKEN_LENGTH or matched is None:
+        if matched is None:
             raise TokenRefused("malformed")
         return matched[1]
 

@@ -363,3 +363,9 @@ async def test_the_openapi_document_declares_the_bearer_scheme(client: JwtClient
     reasons = document["components"]["schemas"]["ProblemDetails"]["properties"]["reason"]["enum"]
     assert {"bad_signature", "unknown_key", "signing_keys_unavailable", "insufficient_stock", None} <= set(reasons)
     assert "GatewayUser" not in json.dumps(document)
+
+
+async def test_a_token_longer_than_8_kib_is_malformed(client: JwtClient, issuer: Issuer) -> None:
+    token = issuer.token(claims={"padding": "x" * 9000})
+    response = await client.get("/orders/me", headers=bearer(token))
+    assert (response.status_code, response.json()["reason"]) == (401, "malformed")
