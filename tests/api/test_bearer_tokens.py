@@ -14,6 +14,7 @@ import jwt
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from openapi_spec_validator import validate
 from prometheus_client import REGISTRY
 
 from orders_service.app import create_app
@@ -344,6 +345,7 @@ async def test_another_user_claim(make_client: Callable[..., JwtClient], issuer:
 
 async def test_the_openapi_document_declares_the_bearer_scheme(client: JwtClient) -> None:
     document = (await client.get("/schema/openapi.json")).json()
+    validate(document)  # openapi-spec-validator
     assert document["components"]["securitySchemes"] == {
         "GatewayToken": {
             "type": "http",
