@@ -90,7 +90,10 @@ def usage_of(pid: int, interval: float = 0.1) -> Iterator[Usage]:
         usage.cpu_seconds = _cpu(processes) - before
 
 
-def wrk(base_url: str, script: str, args: list[str], *, connections: int, seconds: float) -> dict[str, float]:
+def wrk(
+    base_url: str, script: str, args: list[str], *, connections: int, seconds: float, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Run wrk with ``script``; ``env``: added to its environment (BENCH_TOKENS: the users' bearer tokens)."""
     binary = shutil.which("wrk")
     if binary is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
@@ -107,7 +110,9 @@ def wrk(base_url: str, script: str, args: list[str], *, connections: int, second
         "--",
         *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 120)
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=seconds + 120, env={**os.environ, **(env or {})}
+    )
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed: {result.stderr}")
     summary: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])

@@ -9,6 +9,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 SCENARIOS = ("create", "hot", "list", "mixed")
 TRACING_VARIANT = "tracing on"
 REALISTIC_COMMIT = "realistic commit"
+AUTH_VARIANT, X_USER = "auth", "x-user"
 TARGETS = {
     "product >= 0.9 x floor (req/s)": 0.9,
     "create CPU <= 0.9 ms/request (1 worker)": 0.9,
@@ -114,7 +115,7 @@ def variants(rows: list[dict[str, Any]]) -> list[str]:
             and "lines" not in row["variant"]
             and "page" not in row["variant"]
             and row["variant"] != TRACING_VARIANT
-            and not row["variant"].startswith("events")
+            and not row["variant"].startswith(("events", AUTH_VARIANT))
         ):
             default = _find(rows, scenario=row["scenario"], target="product", workers=1, variant="")
             lines.append(
@@ -169,6 +170,40 @@ def events(rows: list[dict[str, Any]]) -> list[str]:
     lines.append(
         f"| mean | {mean_off:.0f} / {mean_on:.0f} | {mean_on / mean_off:.2f} (target >= 0.95: {met}) | | | | | |"
     )
+    return [*lines, ""]
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(float(row[key]) for row in rows) / len(rows)
+
+
+def auth(rows: list[dict[str, Any]]) -> list[str]:
+    """The product on X-User and with each signing algorithm (AUTH_MODE=jwt), against the floor (on X-User):
+    means over the alternated runs."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["variant"].startswith(f"{AUTH_VARIANT} "):
+            runs.setdefault((row["scenario"], row["variant"].removeprefix(f"{AUTH_VARIANT} ")), []).append(row)
+    if not runs:
+        return ["- (not measured: run with --auth)", ""]
+    lines = [
+        "| scenario | identity | runs | req/s | / floor | / product on X-User | CPU ms/req | CPU ms/req over X-User "
+        "| p50 / p99 ms | non-2xx |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for scenario in dict.fromkeys(scenario for scenario, _ in runs):
+        floor, plain = runs.get((scenario, "floor")), runs.get((scenario, X_USER))
+        for identity in dict.fromkeys(name for s, name in runs if s == scenario):
+            measured = runs[(scenario, identity)]
+            req_s, cpu = _mean(measured, "req_s"), _mean(measured, "cpu_ms_per_request")
+            to_floor = f"{req_s / _mean(floor, 'req_s'):.2f}" if floor and identity != "floor" else "-"
+            to_plain = f"{req_s / _mean(plain, 'req_s'):.2f}" if plain and identity not in {"floor", X_USER} else "-"
+            extra = f"{cpu - _mean(plain, 'cpu_ms_per_request'):+.3f}" if plain and identity.startswith("jwt") else "-"
+            lines.append(
+                f"| {scenario} | {identity} | {len(measured)} | {req_s:.0f} | {to_floor} | {to_plain} | {cpu:.3f} | "
+                f"{extra} | {_mean(measured, 'p50_ms'):.1f} / {_mean(measured, 'p99_ms'):.1f} | "
+                f"{sum(row['non_2xx'] for row in measured)} |"
+            )
     return [*lines, ""]
 
 
@@ -406,6 +441,15 @@ def write(results: dict[str, Any], name: str = "benchmarks") -> None:
         *flash_sale(rows),
     ]
     lines += ["## Cost as the work grows (1 worker)", "", *growth(rows)]
+    if any(row["variant"].startswith(f"{AUTH_VARIANT} ") for row in rows):
+        lines += [
+            "## Identity: X-User against the Gateway's signed tokens (AUTH_MODE=jwt)",
+            "",
+            "The product on X-User and verifying a bearer token per request (keys from a JWKS file, a token per",
+            "user made before the run), started in turn; the floor stays on X-User.",
+            "",
+            *auth(rows),
+        ]
     checks = ", ".join(f"{name}: {'holds' if holds else 'BROKEN'}" for name, holds in results["invariants"].items())
     lines += ["## Invariants, checked in the database after every run that writes", "", checks or "-", ""]
     (DOCS / f"{name}.md").write_text("\n".join(lines))

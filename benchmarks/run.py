@@ -3,6 +3,8 @@
     uv run python -m benchmarks.run                            # everything, about 12 minutes
     uv run python -m benchmarks.run --workers 1 --duration 5   # a quick look
     uv run python -m benchmarks.run --only-events --duration 5 # create with events on vs off only
+    uv run python -m benchmarks.run --only-auth --auth jwt-es256,jwt-rs256,jwt-hs256 --workers 2 \
+        --scenarios create,list                                # what verifying signed tokens costs
 
 Then again with every commit taking 1 ms (``realistic_commits``, as on cloud block storage): create,
 hot and mixed for the product, the floor and the ceiling, at the most workers measured.
@@ -34,7 +36,7 @@ from typing import Any
 
 import psycopg
 
-from benchmarks import ceiling, measure, report
+from benchmarks import ceiling, measure, report, tokens
 from benchmarks.seed import HEAVY_USER, LIGHT_USER, Seeded, check_invariants, count_orders, seed
 from orders_service.config import Settings
 from tests.support.database import ProvisionedDatabase, postgres_server, provisioned_database
@@ -105,6 +107,7 @@ class Bench:
         script_args: list[str] | None = None,
         connections: int | None = None,
         seconds: float | None = None,
+        wrk_env: dict[str, str] | None = None,
     ) -> Row:
         script = {"create": "create.lua", "hot": "hot.lua", "list": "list.lua", "mixed": "mixed.lua"}[scenario]
         self.checkpoint()
@@ -116,6 +119,7 @@ class Bench:
                 script_args or [],
                 connections=connections or self.connections,
                 seconds=seconds or self.duration,
+                env=wrk_env,
             )
         requests = int(summary["requests"])
         row = Row(
@@ -158,11 +162,13 @@ class Bench:
         )
         return row
 
-    def warm_up(self, served: measure.Served, workers: int, scenarios: tuple[str, ...]) -> None:
+    def warm_up(
+        self, served: measure.Served, workers: int, scenarios: tuple[str, ...], wrk_env: dict[str, str] | None = None
+    ) -> None:
         """Open every pooled connection and prepare the statements before anything is measured."""
         for scenario in scenarios:
             script = {"create": "create.lua", "hot": "hot.lua", "list": "list.lua", "mixed": "mixed.lua"}[scenario]
-            measure.wrk(served.base_url, script, [], connections=self.connections, seconds=2)
+            measure.wrk(served.base_url, script, [], connections=self.connections, seconds=2, env=wrk_env)
 
 
 REALISTIC_COMMIT = report.REALISTIC_COMMIT
@@ -253,6 +259,29 @@ def run_targets(bench: Bench, workers: int, scenarios: tuple[str, ...], alternat
             for _ in range(alternations):
                 bench.drive(product, scenario, "product", workers)
                 bench.drive(floor, scenario, "floor", workers)
+
+
+def run_auth(
+    bench: Bench, workers: int, scenarios: tuple[str, ...], modes: tuple[str, ...], alternations: int = 1
+) -> None:
+    """What verifying the Gateway's signed tokens costs (AUTH_MODE=jwt, keys from a JWKS file, a token per user made
+    before the run): the product with each algorithm and on X-User, started in turn, and the floor (X-User, as
+    ever) driven between them, ``alternations`` times."""
+    identities = {mode: tokens.signed_identity(mode, bench.log_dir) for mode in modes}
+    with measure.floor(bench.settings, workers, bench.log_dir) as floor:
+        bench.warm_up(floor, workers, scenarios)
+        for _ in range(alternations):
+            for mode in (report.X_USER, *modes):
+                identity = identities.get(mode)
+                overrides = identity.settings if identity else {}
+                wrk_env = {"BENCH_TOKENS": str(identity.token_file)} if identity else None
+                with measure.product(bench.settings, workers, bench.log_dir, **overrides) as product:
+                    bench.warm_up(product, workers, scenarios, wrk_env)
+                    for scenario in scenarios:
+                        variant = f"{report.AUTH_VARIANT} {mode}"
+                        bench.drive(product, scenario, "product", workers, variant=variant, wrk_env=wrk_env)
+            for scenario in scenarios:
+                bench.drive(floor, scenario, "floor", workers, variant=f"{report.AUTH_VARIANT} floor")
 
 
 def run_variants(bench: Bench, scenarios: tuple[str, ...]) -> None:
@@ -461,7 +490,7 @@ def bench_database() -> Iterator[ProvisionedDatabase]:
         yield database
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--workers", default="1,2", help="Granian workers to measure (comma-separated)")
     parser.add_argument("--connections", type=int, default=32)
@@ -474,13 +503,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-realistic-commit", action="store_true", help="skip the runs with 1 ms commits (as on cloud storage)"
     )
+    parser.add_argument(
+        "--auth",
+        default="",
+        help=f"also measure AUTH_MODE=jwt with these ({','.join(tokens.AUTH_MODES)}), at the most workers measured",
+    )
+    parser.add_argument("--only-auth", action="store_true", help="only the --auth runs (and X-User, and the floor)")
     parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS} (none with --only-events)")
     parser.add_argument("--report", default="benchmarks", help="write docs/<REPORT>.md and docs/<REPORT>.png")
     parser.add_argument(
         "--alternations", type=int, default=1, help="drive product and floor in turn this many times per scenario"
     )
     args = parser.parse_args(argv)
+    args.auth_modes = tuple(mode for mode in args.auth.split(",") if mode)
+    if set(args.auth_modes) - set(tokens.AUTH_MODES) or (args.only_auth and not args.auth_modes):
+        parser.error(f"--auth takes {','.join(tokens.AUTH_MODES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     scenarios = tuple(args.scenarios.split(","))
+    auth_modes: tuple[str, ...] = args.auth_modes
+    most_workers = max(int(w) for w in args.workers.split(","))
     started = time.time()
     with bench_database() as database, tempfile.TemporaryDirectory(prefix="orders-bench-") as directory:
         print(f"seeding {database.admin.db_name} …", flush=True)
@@ -488,16 +533,20 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(database, seeded, args.connections, args.duration, Path(directory))
         with psycopg.connect(database.admin.conninfo) as connection:
             server_version = connection.execute("SHOW server_version").fetchone()
-        if not args.only_events:
+        if args.only_auth:
+            run_auth(bench, most_workers, scenarios, auth_modes, args.alternations)
+        elif not args.only_events:
             for workers in (int(w) for w in args.workers.split(",")):
                 run_targets(bench, workers, scenarios, args.alternations)
             if not args.no_variants:
                 run_variants(bench, scenarios)
             if not args.no_growth:
                 run_growth(bench)
-        if not args.no_events:
+            if auth_modes:
+                run_auth(bench, most_workers, scenarios, auth_modes, args.alternations)
+        if not args.no_events and not args.only_auth:
             run_events(bench)
-        if not args.only_events:
+        if not args.only_events and not args.only_auth:
             run_ceiling(bench, scenarios)
             if not args.no_realistic_commit:
                 realistic = tuple(scenario for scenario in scenarios if scenario in REALISTIC_SCENARIOS)
@@ -512,8 +561,9 @@ def main(argv: list[str] | None = None) -> int:
         "invariants": bench.invariants,
         "rows": [asdict(row) for row in bench.rows],
     }
-    if args.only_events:  # a partial run: the committed results stay
-        print("\n".join(report.events([asdict(row) for row in bench.rows])), flush=True)
+    if args.only_events or args.only_auth:  # a partial run: the committed results stay
+        part = report.auth if args.only_auth else report.events
+        print("\n".join(part([asdict(row) for row in bench.rows])), flush=True)
         if args.output:
             args.output.write_text(json.dumps(results, indent=1) + "\n")
         return 0 if all(bench.invariants.values()) else 1

@@ -23,12 +23,20 @@ from litestar.types import (
     Send,
 )
 
+from orders_service.api.bearer_guard import BearerGuard
+from orders_service.api.caller_guard import CALLER_GUARD_STATE, caller_guard
 from orders_service.api.health import HealthController
 from orders_service.api.host_header import host_problem, refuse
-from orders_service.api.openapi import complete_document, openapi_config, swagger_assets_router
+from orders_service.api.openapi import (
+    complete_document,
+    declare_bearer_security,
+    openapi_config,
+    swagger_assets_router,
+)
 from orders_service.api.orders import OrderController
 from orders_service.api.problem_details import problem_details_plugin
 from orders_service.api.request_checks import BODY_READ_TIMEOUT_STATE, CLIENT_CLOSED_REQUEST
+from orders_service.auth.refusals import SigningKeysUnavailable
 from orders_service.config import Settings
 from orders_service.db.engine import sqlalchemy_config
 from orders_service.db.unavailable import DatabaseUnavailable
@@ -106,6 +114,8 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
 
         plugins.append(TracingPlugin(components.engine, span_processor))
     logs.configure_app_process()
+    signed = settings.auth_mode == "jwt"
+    guard = caller_guard(settings)
     return OrdersApp(
         request_log=RequestLog(settings),
         route_handlers=handlers,
@@ -117,18 +127,19 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
             "orders": Provide(lambda: components.orders, sync_to_thread=False, use_cache=True),
         },
         plugins=plugins,
-        state=State({BODY_READ_TIMEOUT_STATE: settings.body_read_timeout}),
+        state=State({BODY_READ_TIMEOUT_STATE: settings.body_read_timeout, CALLER_GUARD_STATE: guard}),
         on_startup=[
             WorkerSignals(settings).install,
             *([complete_document] if settings.openapi_enabled else []),
+            *([declare_bearer_security] if settings.openapi_enabled and signed else []),
             create_route_series,
             freeze_startup_objects,
             components.events.start,
         ],
-        on_shutdown=[components.close],
+        on_shutdown=[components.close, *([guard.close] if isinstance(guard, BearerGuard) else [])],
         middleware=[HTTPMetricsMiddleware()],
         before_send=[count_unrouted_response],
-        openapi_config=openapi_config(version=VERSION) if settings.openapi_enabled else None,
+        openapi_config=openapi_config(version=VERSION, bearer=signed) if settings.openapi_enabled else None,
         logging_config=LoggingConfig(
             **logs.app_config(settings),
             log_exceptions="always",
@@ -150,6 +161,7 @@ def create_app(settings: Settings | None = None, *, span_processor: SpanProcesso
                 RestockOverflow,
                 OrderNotFound,
                 DatabaseUnavailable,  # one WARNING line with its cause, logged where it becomes a 503
+                SigningKeysUnavailable,  # the failed fetch is logged once, where it failed
             },
         ),
         # 100 lines fit in a few KiB; anything near this limit is not an order (413).

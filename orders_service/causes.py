@@ -17,3 +17,19 @@ UnavailableCause = Literal[
     "deadlock",
     "table_missing",
 ]
+# Why AUTH_MODE=jwt refused a request's bearer token (401), and the one reason it could not tell (503).
+AuthRefusalReason = Literal[
+    "missing",
+    "malformed",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "wrong_audience",
+    "wrong_issuer",
+    "missing_claim",
+    "algorithm_not_allowed",
+    "unknown_key",
+    "lifetime_too_long",
+    "bad_user",
+]
+SIGNING_KEYS_UNAVAILABLE = "signing_keys_unavailable"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
 import msgspec
@@ -16,6 +17,11 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 SchemaName = Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["json", "console"]
+# How the caller is identified: the X-User header the Gateway sets, or a JWT the Gateway signs (Authorization: Bearer).
+AuthMode = Literal["x-user", "jwt"]
+ASYMMETRIC_ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
+SHARED_SECRET_ALGORITHM = "HS256"  # noqa: S105 - an algorithm's name, not a secret
+MIN_HS256_SECRET_BYTES = 32
 
 
 DEADLINE_MARGIN_SECONDS = 2.0
@@ -53,6 +59,68 @@ def parse_hosts(value: str, default_port: int, name: str) -> list[Endpoint]:
 
 class ConfigError(ValueError):
     """A setting from the environment has a bad value."""
+
+
+def check_jwt_settings(settings: Settings) -> None:
+    """AUTH_MODE=jwt: the combinations that cannot verify a token safely; ValueError says which."""
+    algorithms = settings.auth_algorithm_list
+    if not algorithms:
+        raise ValueError("AUTH_ALGORITHMS is empty")
+    known = (*ASYMMETRIC_ALGORITHMS, SHARED_SECRET_ALGORITHM)
+    for name in algorithms:
+        if name not in known:
+            raise ValueError(f"AUTH_ALGORITHMS: {name!r} is not one of {', '.join(known)}")
+    if not settings.auth_issuer:
+        raise ValueError("AUTH_MODE=jwt needs AUTH_ISSUER (the iss every token must carry)")
+    if not settings.auth_audience:
+        raise ValueError("AUTH_MODE=jwt needs AUTH_AUDIENCE (the aud every token must carry)")
+    asymmetric = [name for name in algorithms if name != SHARED_SECRET_ALGORITHM]
+    key_sources = [name for name in ("AUTH_JWKS_URL", "AUTH_JWKS_FILE") if getattr(settings, name.lower())]
+    if asymmetric and not key_sources:
+        raise ValueError(f"AUTH_ALGORITHMS {','.join(asymmetric)} needs AUTH_JWKS_URL or AUTH_JWKS_FILE")
+    if len(key_sources) > 1:
+        raise ValueError("set AUTH_JWKS_URL or AUTH_JWKS_FILE, not both")
+    if key_sources and not asymmetric:
+        raise ValueError(f"{key_sources[0]} is set but AUTH_ALGORITHMS has no algorithm that uses it")
+    if settings.auth_jwks_url and not settings.auth_jwks_url.startswith(("https://", "http://")):
+        raise ValueError("AUTH_JWKS_URL must be an http:// or https:// URL")
+    if settings.auth_jwks_file:
+        _check_jwks_file(settings.auth_jwks_file)
+    _check_shared_secret(settings, uses_it=SHARED_SECRET_ALGORITHM in algorithms)
+
+
+def _check_jwks_file(path: str) -> None:
+    from jwt import PyJWKSet  # noqa: PLC0415 - only AUTH_MODE=jwt loads PyJWT
+    from jwt.exceptions import PyJWKSetError  # noqa: PLC0415
+
+    try:
+        keys = PyJWKSet.from_json(Path(path).read_text(encoding="utf-8")).keys
+    except OSError as exc:
+        raise ValueError(f"AUTH_JWKS_FILE {path!r} cannot be read: {exc.strerror}") from None
+    except (PyJWKSetError, ValueError) as exc:
+        raise ValueError(f"AUTH_JWKS_FILE {path!r} is not a JWKS with a usable key: {exc}") from None
+    # What auth/signing_keys.py uses: public keys a token can name.
+    if not any(key.key_id and key.key_type in {"EC", "RSA", "OKP"} for key in keys):
+        raise ValueError(f"AUTH_JWKS_FILE {path!r} has no public key (EC, RSA, OKP) with a kid")
+
+
+def _check_shared_secret(settings: Settings, *, uses_it: bool) -> None:
+    names = [name for name in ("AUTH_HS256_SECRET", "AUTH_HS256_SECRET_FILE") if getattr(settings, name.lower())]
+    if len(names) > 1:
+        raise ValueError("set AUTH_HS256_SECRET or AUTH_HS256_SECRET_FILE, not both")
+    if names and not uses_it:
+        raise ValueError(f"{names[0]} is set but AUTH_ALGORITHMS does not allow HS256")
+    if not uses_it:
+        return
+    try:
+        secret = settings.hs256_secret
+    except OSError as exc:
+        raise ValueError(f"AUTH_HS256_SECRET_FILE cannot be read: {exc.strerror}") from None
+    if len(secret) < MIN_HS256_SECRET_BYTES:
+        raise ValueError(
+            f"HS256 needs a shared secret of at least {MIN_HS256_SECRET_BYTES} bytes (AUTH_HS256_SECRET or"
+            f" AUTH_HS256_SECRET_FILE), got {len(secret)}"
+        )
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
@@ -112,11 +180,42 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     events_retention_hours: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 168
     # How many standbys must have flushed an event's commit before it is published (0: once committed).
     events_await_standbys: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
+    # Identity (see docs/deploying.md#identity-the-gateway-signs); the AUTH_* settings apply to AUTH_MODE=jwt only.
+    auth_mode: AuthMode = "x-user"
+    auth_user_claim: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "sub"
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    auth_algorithms: str = "ES256,RS256,EdDSA"
+    auth_jwks_url: str = ""
+    auth_jwks_file: str = ""
+    auth_hs256_secret: str = ""
+    auth_hs256_secret_file: str = ""
+    auth_leeway_seconds: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
+    auth_max_lifetime_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 3_600
+    auth_jwks_max_age_seconds: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 300.0
+    auth_jwks_refresh_cooldown_seconds: Annotated[float, msgspec.Meta(ge=0, le=3_600)] = 5.0
+    auth_jwks_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+    auth_realm: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9 ._:/-]{1,64}$")] = "orders"
 
     def __post_init__(self) -> None:
         parse_hosts(self.db_host, self.db_port, "DB_HOST")
         if self.db_read_hosts:
             parse_hosts(self.db_read_hosts, self.db_port, "DB_READ_HOSTS")
+        if self.auth_mode == "jwt":
+            check_jwt_settings(self)
+
+    @property
+    def auth_algorithm_list(self) -> list[str]:
+        """``AUTH_ALGORITHMS`` as a list, in the order written."""
+        return [name.strip() for name in self.auth_algorithms.split(",") if name.strip()]
+
+    @property
+    def hs256_secret(self) -> bytes:
+        """The HS256 shared secret (``AUTH_HS256_SECRET``, or the contents of ``AUTH_HS256_SECRET_FILE``); empty when
+        none is set."""
+        if self.auth_hs256_secret_file:
+            return Path(self.auth_hs256_secret_file).read_bytes().strip()
+        return self.auth_hs256_secret.encode()
 
     @property
     def db_endpoints(self) -> list[Endpoint]:

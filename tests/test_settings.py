@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.pool import QueuePool
@@ -102,3 +104,65 @@ def test_socket_directory_host_renders_a_usable_url() -> None:
     url = Settings.from_env({"DB_HOST": "/tmp/pg sock"}).database_url  # noqa: S108
     assert url.query == {"host": "/tmp/pg sock", "port": "5432"}  # noqa: S108
     assert url.render_as_string(hide_password=False).startswith("postgresql+psycopg://app:app@/appdb?")
+
+
+JWT = {"AUTH_MODE": "jwt", "AUTH_ISSUER": "https://gateway.test", "AUTH_AUDIENCE": "orders-service"}
+JWKS_URL = {"AUTH_JWKS_URL": "https://gateway.test/.well-known/jwks.json"}
+LONG_SECRET = "s" * 32
+
+
+def test_the_identity_is_x_user_unless_set() -> None:
+    assert Settings.from_env({}).auth_mode == "x-user"
+    # The AUTH_* settings are not checked in the default mode: it never reads them.
+    assert Settings.from_env({"AUTH_ALGORITHMS": "none"}).auth_mode == "x-user"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AUTH_MODE": "jwt"}, "needs AUTH_ISSUER"),
+        ({**JWT, "AUTH_AUDIENCE": "", **JWKS_URL}, "needs AUTH_AUDIENCE"),
+        (JWT, "needs AUTH_JWKS_URL or AUTH_JWKS_FILE"),
+        ({**JWT, **JWKS_URL, "AUTH_JWKS_FILE": "/etc/jwks.json"}, "not both"),
+        ({**JWT, **JWKS_URL, "AUTH_ALGORITHMS": "ES256,none"}, "'none' is not one of"),
+        ({**JWT, **JWKS_URL, "AUTH_ALGORITHMS": "HS512"}, "'HS512' is not one of"),
+        ({**JWT, **JWKS_URL, "AUTH_ALGORITHMS": " , "}, "AUTH_ALGORITHMS is empty"),
+        ({**JWT, "AUTH_ALGORITHMS": "HS256", "AUTH_HS256_SECRET": "s" * 31}, "at least 32 bytes"),
+        ({**JWT, "AUTH_ALGORITHMS": "HS256"}, "at least 32 bytes"),
+        ({**JWT, **JWKS_URL, "AUTH_HS256_SECRET": LONG_SECRET}, "does not allow HS256"),
+        ({**JWT, **JWKS_URL, "AUTH_ALGORITHMS": "HS256", "AUTH_HS256_SECRET": LONG_SECRET}, "no algorithm that uses"),
+        ({**JWT, "AUTH_JWKS_URL": "ftp://gateway.test/jwks"}, "http:// or https://"),
+        ({**JWT, "AUTH_JWKS_FILE": "/nonexistent/jwks.json"}, "cannot be read"),
+        ({**JWT, **JWKS_URL, "AUTH_MODE": "signed"}, "AUTH_MODE"),
+        ({**JWT, **JWKS_URL, "AUTH_LEEWAY_SECONDS": "301"}, "AUTH_LEEWAY_SECONDS"),
+        ({**JWT, **JWKS_URL, "AUTH_REALM": 'a"b'}, "AUTH_REALM"),
+    ],
+)
+def test_jwt_mode_refuses_bad_combinations_in_one_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        Settings.from_env(env)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("not json", "is not a JWKS with a usable key"),
+        ('{"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0", "kid": "a"}]}', "no public key"),
+    ],
+)
+def test_jwt_mode_refuses_a_jwks_file_without_a_public_key(tmp_path: Path, document: str, message: str) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(document)
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({**JWT, "AUTH_JWKS_FILE": str(path)})
+
+
+def test_jwt_mode_settings_round_trip_through_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(LONG_SECRET + "\n")
+    env = {**JWT, **JWKS_URL, "AUTH_ALGORITHMS": "ES256, HS256", "AUTH_HS256_SECRET_FILE": str(secret)}
+    settings = Settings.from_env(env)
+    assert settings.auth_algorithm_list == ["ES256", "HS256"]
+    assert settings.hs256_secret == LONG_SECRET.encode()
+    assert Settings.from_env(settings.as_env()) == settings

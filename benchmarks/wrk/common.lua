@@ -30,4 +30,27 @@ end
 
 M.json = { ["Content-Type"] = "application/json" }
 
+-- BENCH_TOKENS, a file of "user token" lines (benchmarks/tokens.py): each user is sent as its bearer token
+-- (AUTH_MODE=jwt), tokens made before the run; unset: as X-User.
+local tokens = nil
+local token_file = os.getenv("BENCH_TOKENS")
+if token_file and token_file ~= "" then
+  tokens = {}
+  for line in io.lines(token_file) do
+    local user, token = line:match("^(%S+) (%S+)$")
+    tokens[user] = "Bearer " .. token
+  end
+end
+
+-- `headers` (a new table when nil) with the user added, as X-User or as its bearer token.
+function M.as_user(user, headers)
+  headers = headers or {}
+  if tokens then
+    headers["Authorization"] = tokens[user]
+  else
+    headers["X-User"] = user
+  end
+  return headers
+end
+
 return M

@@ -10,7 +10,7 @@ function init(args)
 end
 
 function request()
-  local headers = { ["Content-Type"] = "application/json", ["X-User"] = "buyer-" .. math.random(1, 5000) }
+  local headers = common.as_user("buyer-" .. math.random(1, 5000), { ["Content-Type"] = "application/json" })
   return wrk.format("POST", "/orders", headers, common.order_body(products, lines))
 end
 

@@ -4,7 +4,7 @@ local common = require("common")
 local body = '{"items":[{"product_id":1,"qty":1}]}'
 
 function request()
-  local headers = { ["Content-Type"] = "application/json", ["X-User"] = "buyer-" .. math.random(1, 5000) }
+  local headers = common.as_user("buyer-" .. math.random(1, 5000), { ["Content-Type"] = "application/json" })
   return wrk.format("POST", "/orders", headers, body)
 end
 

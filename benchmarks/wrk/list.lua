@@ -12,7 +12,7 @@ end
 
 function request()
   local who = user or ("reader-" .. (math.random(1, readers) - 1))
-  return wrk.format("GET", "/orders/me", { ["X-User"] = who })
+  return wrk.format("GET", "/orders/me", common.as_user(who))
 end
 
 function done(summary, latency, requests) common.summary(summary, latency) end

@@ -12,10 +12,10 @@ end
 
 function request()
   if math.random() < 0.2 then
-    local headers = { ["Content-Type"] = "application/json", ["X-User"] = "buyer-" .. math.random(1, 5000) }
+    local headers = common.as_user("buyer-" .. math.random(1, 5000), { ["Content-Type"] = "application/json" })
     return wrk.format("POST", "/orders", headers, common.order_body(1000))
   end
-  return wrk.format("GET", "/orders/me", { ["X-User"] = "reader-" .. (math.random(1, 1000) - 1) })
+  return wrk.format("GET", "/orders/me", common.as_user("reader-" .. (math.random(1, 1000) - 1)))
 end
 
 -- A placed order answers an object, a page an array (responses of a thread's connections interleave).

@@ -25,12 +25,16 @@ from litestar.openapi.spec import (
     Operation,
     Reference,
     Schema,
+    SecurityScheme,
 )
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.static_files import create_static_files_router
 
+from orders_service.api.bearer_guard import BEARER_SCHEME, BEARER_SECURITY
 from orders_service.api.problem_details import RETRY_AFTER_SECONDS
 from orders_service.api.user_guard import GATEWAY_USER_SCHEME, GATEWAY_USER_SECURITY
+from orders_service.auth.refusals import DESCRIPTIONS
+from orders_service.causes import SIGNING_KEYS_UNAVAILABLE
 from orders_service.observability.request_log import MAX_REQUEST_ID_LENGTH, REQUEST_ID_HEADER
 
 SCHEMA_PATH = "/schema"
@@ -59,8 +63,12 @@ def swagger_ui_directory() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
-def openapi_config(version: str) -> OpenAPIConfig:
+def openapi_config(version: str, *, bearer: bool = False) -> OpenAPIConfig:
+    """The document's configuration; ``bearer`` (AUTH_MODE=jwt): the signed token's scheme instead of X-User's."""
     assets = SWAGGER_ASSETS_PATH
+    security: dict[str, SecurityScheme | Reference] = (
+        {BEARER_SCHEME: BEARER_SECURITY} if bearer else {GATEWAY_USER_SCHEME: GATEWAY_USER_SECURITY}
+    )
     return OpenAPIConfig(
         title="Orders service",
         version=version,
@@ -73,7 +81,7 @@ def openapi_config(version: str) -> OpenAPIConfig:
                 favicon=f"<link rel='icon' type='image/png' href='{assets}/favicon-32x32.png'>",
             )
         ],
-        components=Components(security_schemes={GATEWAY_USER_SCHEME: GATEWAY_USER_SECURITY}),
+        components=Components(security_schemes=security),
     )
 
 
@@ -124,3 +132,44 @@ def _complete_operation(operation: Operation, problem_schema: Schema | Reference
         if status == "503":
             response.headers["Retry-After"] = RETRY_AFTER
     operation.responses = responses
+
+
+WWW_AUTHENTICATE = OpenAPIHeader(
+    description='RFC 6750\'s challenge: `Bearer realm="…"`, with `error="invalid_token"` and an '
+    "`error_description` unless the token was missing.",
+    schema=Schema(type=OpenAPIType.STRING),
+    example='Bearer realm="orders", error="invalid_token", error_description="the token has expired"',
+)
+BEARER_401 = (
+    "No valid bearer token; `reason` says why ("
+    + ", ".join(f"`{reason}`" for reason in DESCRIPTIONS)
+    + "). X-User is ignored."
+)
+KEYS_503 = (
+    f" `{SIGNING_KEYS_UNAVAILABLE}`: the token names a signing key the service has not got and cannot fetch now "
+    "(AUTH_JWKS_URL down): it cannot tell whether the token is good."
+)
+
+
+def declare_bearer_security(app: Litestar) -> None:
+    """Startup hook (AUTH_MODE=jwt), after ``complete_document``: the operations need the signed token, their 401s
+    carry the refusal's reason and challenge, their 503s may say the signing keys are out of reach."""
+    document = app.openapi_schema
+    for path in (document.paths or {}).values():
+        for operation in (path.get, path.head, path.post, path.put, path.patch, path.delete):
+            if operation is None or not operation.security:
+                continue
+            operation.security = [{BEARER_SCHEME: []}]
+            for status, response in (operation.responses or {}).items():
+                if not isinstance(response, OpenAPIResponse):
+                    continue
+                if status == "401":
+                    response.description = BEARER_401
+                    response.headers = {**(response.headers or {}), "WWW-Authenticate": WWW_AUTHENTICATE}
+                elif status == "503":
+                    response.description += KEYS_503
+    problem = (document.components.schemas or {}).get("ProblemDetails")
+    reason = (problem.properties or {}).get("reason") if problem is not None else None
+    if isinstance(reason, Schema) and reason.enum is not None:
+        reason.enum = [*reason.enum[:-1], *DESCRIPTIONS, SIGNING_KEYS_UNAVAILABLE, reason.enum[-1]]
+        reason.description = (reason.description or "") + " Or why the bearer token was refused (401)."

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
+from orders_service.api.caller_guard import identify_caller
 from orders_service.api.get_and_head import get_and_head
 from orders_service.api.request_checks import (
     IDEMPOTENCY_KEY_HEADER,
@@ -18,7 +19,7 @@ from orders_service.api.request_checks import (
     check_order_request,
     check_order_url,
 )
-from orders_service.api.user_guard import GATEWAY_USER_SCHEME, User, require_user
+from orders_service.api.user_guard import GATEWAY_USER_SCHEME, User
 from orders_service.db.models import IDEMPOTENCY_KEY_MAX_LENGTH
 from orders_service.orders.cursor import MAX_CURSOR_LENGTH
 from orders_service.orders.schemas import OrderCreate, OrderCreateDTO, OrderRead, ProblemDetails
@@ -92,7 +93,7 @@ CANCEL_ERRORS = {
 class OrderController(Controller):
     path = "/orders"
     tags = ["orders"]
-    guards = [require_user]
+    guards = [identify_caller]
     security = [{GATEWAY_USER_SCHEME: []}]
 
     @post(

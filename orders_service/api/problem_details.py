@@ -19,6 +19,8 @@ from litestar.plugins.problem_details import (
 )
 
 from orders_service.api.request_checks import CLIENT_CLOSED_REQUEST
+from orders_service.auth.refusals import SigningKeysUnavailable
+from orders_service.causes import SIGNING_KEYS_UNAVAILABLE
 from orders_service.db.unavailable import DatabaseUnavailable
 from orders_service.observability import metrics
 from orders_service.orders.errors import IdempotencyKeyReused, OrderNotFound, OrderRejected, RestockOverflow
@@ -103,6 +105,18 @@ def _database_unavailable(exc: DatabaseUnavailable) -> ProblemDetailsException:
     )
 
 
+def _signing_keys_unavailable(exc: SigningKeysUnavailable) -> ProblemDetailsException:
+    # The fetch that failed was logged once by auth/remote_keys.py; this is counted, not logged per request.
+    metrics.AUTH_REFUSALS_BY_REASON[SIGNING_KEYS_UNAVAILABLE].inc()
+    return ProblemDetailsException(
+        status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+        title="Service Unavailable",
+        detail=exc.detail,
+        extra={"reason": SIGNING_KEYS_UNAVAILABLE},
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
 def _internal_error(_exc: Exception) -> ProblemDetailsException:
     # Litestar's exception logging already recorded the traceback.
     return ProblemDetailsException(
@@ -123,6 +137,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 OrderNotFound: _order_not_found,
                 HTTPException: _http_exception,
                 DatabaseUnavailable: _database_unavailable,
+                SigningKeysUnavailable: _signing_keys_unavailable,
                 Exception: _internal_error,
             }
         )

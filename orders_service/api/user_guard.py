@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
@@ -11,6 +10,7 @@ from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import SecurityScheme
 
+from orders_service.auth.user_ids import NOT_IN_A_USER
 from orders_service.db.models import USER_ID_MAX_LENGTH
 
 USER_HEADER = "X-User"
@@ -25,10 +25,6 @@ GATEWAY_USER_SECURITY = SecurityScheme(
 
 class User(msgspec.Struct, frozen=True):
     id: str
-
-
-# C0 and C1 control characters, DEL, and the comma a proxy puts between folded headers.
-_NOT_IN_A_USER = re.compile(r"[\x00-\x1f\x7f-\x9f,]")
 
 
 async def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -49,7 +45,7 @@ async def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRo
         raise ValidationException(f"{USER_HEADER} header is not valid UTF-8") from None
     if not user_id:
         raise NotAuthorizedException(f"missing {USER_HEADER} header")
-    if _NOT_IN_A_USER.search(user_id):
+    if NOT_IN_A_USER.search(user_id):
         raise ValidationException(
             f"{USER_HEADER} header holds a control character or a comma (one user per request, headers not folded)"
         )

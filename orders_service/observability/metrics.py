@@ -11,7 +11,7 @@ from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from orders_service.causes import RejectionReason, UnavailableCause
+from orders_service.causes import SIGNING_KEYS_UNAVAILABLE, AuthRefusalReason, RejectionReason, UnavailableCause
 
 SERVICE = "orders"
 
@@ -131,3 +131,19 @@ DB_TIMELINE = Gauge(
     "The PostgreSQL timeline of the primary, read by the readiness check: each failover (promotion) raises it.",
     multiprocess_mode="livemax",
 )
+# Identity (AUTH_MODE=jwt): every refused bearer token by reason, and the JWKS fetches.
+AUTH_REFUSALS = Counter(
+    "orders_auth_refusals_total",
+    "Requests refused by the bearer-token check (AUTH_MODE=jwt), by reason: 401s, and signing_keys_unavailable,"
+    " the 503 of a token whose key the service has not got and cannot fetch.",
+    ["reason"],
+)
+AUTH_REFUSALS_BY_REASON = {
+    reason: AUTH_REFUSALS.labels(reason=reason) for reason in (*get_args(AuthRefusalReason), SIGNING_KEYS_UNAVAILABLE)
+}
+AUTH_JWKS_FETCHES = Counter(
+    "orders_auth_jwks_fetches_total",
+    "Fetches of AUTH_JWKS_URL by outcome (failed: the cached keys stay in use).",
+    ["outcome"],
+)
+AUTH_JWKS_FETCHES_BY_OUTCOME = {outcome: AUTH_JWKS_FETCHES.labels(outcome=outcome) for outcome in ("ok", "failed")}

@@ -49,11 +49,13 @@ def request_id_from(value: bytes | None) -> str:
 class RequestLog:
     """Gives each request its id, returns it on the response, and logs one access line (``ACCESS_LOG``)."""
 
-    __slots__ = ("_access_log", "_log_user", "_logger")
+    __slots__ = ("_access_log", "_log_user", "_logger", "_user_header")
 
     def __init__(self, settings: Settings) -> None:
         self._access_log = settings.access_log
         self._log_user = settings.log_user
+        # AUTH_MODE=jwt: the user the token named (X-User is anyone's to write), once the guard has run.
+        self._user_header = _USER if settings.auth_mode == "x-user" else None
         self._logger = logging.getLogger(ACCESS_LOGGER)
 
     async def __call__(self, scope: HTTPScope, receive: Receive, send: Send, app: HTTPApp) -> None:
@@ -63,7 +65,7 @@ class RequestLog:
         for name, value in scope["headers"]:
             if name == _REQUEST_ID and sent_id is None:
                 sent_id = value
-            elif name == _USER:
+            elif name == self._user_header:
                 user = value
         request_id = request_id_from(sent_id)
         id_header = (_REQUEST_ID, request_id.encode("ascii"))
@@ -85,6 +87,8 @@ class RequestLog:
         finally:
             if self._access_log:
                 seconds = time.perf_counter() - started
+                if self._user_header is None and self._log_user:
+                    user = _verified_user(scope)
                 user = user if self._log_user else None
                 # Logged as from where the response started: inside the middleware the app runs in
                 # (e.g. OpenTelemetry's, whose span a filter turns into the line's trace_id).
@@ -108,3 +112,9 @@ class RequestLog:
         logger = self._logger
         args = (method, path, status, duration_ms)
         logger.handle(logger.makeRecord(logger.name, level, __file__, 0, ACCESS_MESSAGE, args, None, None, fields))
+
+
+def _verified_user(scope: HTTPScope) -> bytes | None:
+    """The id of the user the guard put on the request, if it did."""
+    user_id = getattr(scope.get("user"), "id", None)
+    return user_id.encode() if isinstance(user_id, str) else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +42,15 @@ def operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for operation in path.values()
         if isinstance(operation, dict) and "operationId" in operation
     }
+
+
+# The document of the default AUTH_MODE (x-user) as it was before AUTH_MODE=jwt existed: that mode's contract.
+X_USER_DOCUMENT = Path(__file__).with_name("openapi_x_user.json")
+
+
+async def test_the_default_modes_document_is_exactly_the_x_user_one(client: AsyncTestClient[Litestar]) -> None:
+    served = (await client.get("/schema/openapi.json")).json()
+    assert served == json.loads(X_USER_DOCUMENT.read_text(encoding="utf-8"))
 
 
 def test_the_served_document_is_valid_openapi_3_1(client: AsyncTestClient[Litestar]) -> None:
