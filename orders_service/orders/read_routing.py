@@ -6,8 +6,9 @@ primary, in their own transaction. A read asks the primary for that version (one
 while it reads the replica, the replica's own version of the user and its position coming first
 in the same round trip; the replica's answer is used when its version is the primary's (every
 write of the user replayed) and it is at most ``DB_READ_MAX_LAG_MS`` behind. Otherwise, or when
-the replica fails, the read runs on the primary: a replica down or lagging costs a round trip,
-never an error. After a replica failure, reads go straight to the primary for a few seconds.
+the replica fails or takes over ``REPLICA_ANSWER_SECONDS``, the read runs on the primary: a replica
+down, frozen or lagging costs a round trip (at most that second), never an error. After a replica
+failure, reads go straight to the primary for a few seconds.
 
 Cost to the primary of a read served by a replica: that one-row lookup instead of the read.
 """
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 REPLICA_REST_SECONDS = 5.0  # after a replica failure, reads skip the replicas this long
 REPLICA_SHARE_OF_BUDGET = 0.5  # a replica that does not answer leaves the primary the rest of the request's budget
+# A replica that has not answered a read this long (a frozen network, an overloaded server) is as good as down: the
+# primary reads instead. A page takes milliseconds; without it a frozen replica would hold each read for half of
+# the request's budget (16 s by default).
+REPLICA_ANSWER_SECONDS = 1.0
 
 
 def lsn(text: str) -> int:
@@ -59,7 +64,9 @@ class ReadRouter:
         deadline = self.primary.deadline()
         if loop.time() < self._resting_until:
             return await self._on_primary(steps, "replica_unavailable", deadline)
-        replica_deadline = min(deadline, loop.time() + self.primary.budget * REPLICA_SHARE_OF_BUDGET)
+        replica_deadline = min(
+            deadline, loop.time() + min(self.primary.budget * REPLICA_SHARE_OF_BUDGET, REPLICA_ANSWER_SECONDS)
+        )
         on_replica = asyncio.create_task(
             self.replica.run(
                 [Step(REPLICA_POSITION, {"owner": user_id}), *steps], writes=False, deadline=replica_deadline

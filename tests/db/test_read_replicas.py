@@ -24,8 +24,10 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from orders_service.config import Settings
+from orders_service.orders.read_routing import REPLICA_ANSWER_SECONDS
 from tests.conftest import Catalog
 from tests.support.database import ProvisionedDatabase
+from tests.support.faults import freezable_proxy
 from tests.support.granian import GranianServer, start_granian
 from tests.support.replication import HOST, ReplicatedPostgres, replicated_postgres
 from tests.support.scrape import scrape
@@ -56,11 +58,11 @@ def replicated(pair: ReplicatedPostgres) -> Iterator[ProvisionedDatabase]:
         yield database
 
 
-def service_settings(database: ProvisionedDatabase, pair: ReplicatedPostgres) -> Settings:
+def service_settings(database: ProvisionedDatabase, pair: ReplicatedPostgres, *, replica_port: int = 0) -> Settings:
     return Settings.from_env(
         {
             **database.runtime.as_env(),
-            "DB_READ_HOSTS": f"{HOST}:{pair.standby.port}",
+            "DB_READ_HOSTS": f"{HOST}:{replica_port or pair.standby.port}",
             "DB_READ_MAX_LAG_MS": str(MAX_LAG_MS),
             "EVENTS_RELAY_IN_SERVE": "false",
         }
@@ -262,6 +264,51 @@ async def test_a_stopped_replica_costs_no_error(
     print(f"\nreplica stopped: {placed} orders, {read} reads of others, all answered: {counted}")
     assert counted.get(("primary", "replica_unavailable"), 0) >= placed
     assert not any(target == "replica" for target, _ in counted)
+
+
+async def test_a_frozen_replica_costs_each_read_at_most_a_second_and_reads_come_back_to_it_once_it_answers(
+    pair: ReplicatedPostgres, replicated: ProvisionedDatabase, tmp_path: Path
+) -> None:
+    """A replica behind a network that stops forwarding (no error ever arrives): reads answer from the primary
+    within REPLICA_ANSWER_SECONDS, not after half of the request's budget; thawed, the replica serves again."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    with (
+        freezable_proxy(pair.standby.endpoint) as network,
+        start_granian(
+            service_settings(replicated, pair, replica_port=network.port), workers=1, metrics_dir=metrics_dir
+        ) as server,
+    ):
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as reads:
+            expected = {user: truth(pair, replicated, user) for user in READERS}
+            assert await listed(reads, READERS[0]) == expected[READERS[0]]  # a pooled connection to the replica
+            network.freeze()
+            before = reads_counted(server)
+            loop = asyncio.get_running_loop()
+            slowest = 0.0
+            for _ in range(3):
+                for user in READERS:
+                    started = loop.time()
+                    assert await listed(reads, user) == expected[user]
+                    slowest = max(slowest, loop.time() - started)
+            frozen = since(server, before)
+            network.thaw()
+
+            async def replica_serves_again() -> bool:
+                counted = since(server, before)
+                await listed(reads, READERS[0])
+                return since(server, before).get(("replica", "caught_up"), 0) + since(server, before).get(
+                    ("replica", "within_lag"), 0
+                ) > counted.get(("replica", "caught_up"), 0) + counted.get(("replica", "within_lag"), 0)
+
+            deadline = loop.time() + 30
+            while not await replica_serves_again():
+                assert loop.time() < deadline, "the replica never served reads again after the thaw"
+    print(f"\nreplica frozen: {3 * len(READERS)} reads all answered, slowest {slowest:.2f} s: {frozen}")
+    assert frozen.get(("primary", "replica_unavailable"), 0) == 3 * len(READERS)
+    # One read waits for the frozen replica (then the replicas rest), about a second: not half of the 32 s budget.
+    assert REPLICA_ANSWER_SECONDS <= 1.0
+    assert slowest < 2.5
 
 
 async def test_without_replicas_writes_bump_no_version(client: AsyncTestClient[Litestar], catalog: Catalog) -> None:
