@@ -19,10 +19,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import (
     Components,
+    OpenAPI,
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     Operation,
+    Parameter,
     Reference,
     Schema,
     SecurityScheme,
@@ -151,6 +153,44 @@ KEYS_503 = (
 )
 
 
+# In the signed mode X-User is ignored: the default mode's wording of it, as the signed mode says it.
+SIGNED_MODE_WORDING = (
+    (", or a bad X-User header.", "."),
+    (", a bad X-User header,", ","),
+    ("a bad X-User / Idempotency-Key", "a bad Idempotency-Key"),
+    ("Scoped to the X-User;", "Scoped to the token's user;"),
+    ("The X-User that placed the order.", "The user that placed the order (the Gateway's token names it)."),
+)
+
+
+def _in_signed_mode_words(description: str | None) -> str | None:
+    for default, signed in SIGNED_MODE_WORDING:
+        description = description.replace(default, signed) if description else description
+    return description
+
+
+def _reword_for_signed_mode(document: OpenAPI) -> None:
+    """The descriptions of operations, their parameters and responses, and the schemas' fields, in the signed mode's
+    words (``SIGNED_MODE_WORDING``)."""
+    for path in (document.paths or {}).values():
+        for operation in (path.get, path.head, path.post, path.put, path.patch, path.delete):
+            if operation is None:
+                continue
+            operation.description = _in_signed_mode_words(operation.description)
+            for parameter in operation.parameters or []:
+                if isinstance(parameter, Parameter):
+                    parameter.description = _in_signed_mode_words(parameter.description)
+                    if isinstance(parameter.schema, Schema):
+                        parameter.schema.description = _in_signed_mode_words(parameter.schema.description)
+            for response in (operation.responses or {}).values():
+                if isinstance(response, OpenAPIResponse):
+                    response.description = _in_signed_mode_words(response.description) or ""
+    for schema in (document.components.schemas or {}).values():
+        for field in (schema.properties or {}).values() if isinstance(schema, Schema) else ():
+            if isinstance(field, Schema):
+                field.description = _in_signed_mode_words(field.description)
+
+
 def declare_bearer_security(app: Litestar) -> None:
     """Startup hook (AUTH_MODE=jwt), after ``complete_document``: the operations need the signed token, their 401s
     carry the refusal's reason and challenge, their 503s may say the signing keys are out of reach."""
@@ -168,6 +208,7 @@ def declare_bearer_security(app: Litestar) -> None:
                     response.headers = {**(response.headers or {}), "WWW-Authenticate": WWW_AUTHENTICATE}
                 elif status == "503":
                     response.description += KEYS_503
+    _reword_for_signed_mode(document)
     problem = (document.components.schemas or {}).get("ProblemDetails")
     reason = (problem.properties or {}).get("reason") if problem is not None else None
     if isinstance(reason, Schema) and reason.enum is not None:
