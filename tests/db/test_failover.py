@@ -55,13 +55,7 @@ def pair() -> Iterator[ReplicatedPostgres]:
 def stocked(pair: ReplicatedPostgres) -> Iterator[ProvisionedDatabase]:
     """The migrated database on the pair (through the name), with PRODUCTS in stock."""
     with pair.provisioned() as database:
-        admin = database.admin
-        with pair.primary.connect(admin.db_name) as connection:
-            connection.execute(
-                f"INSERT INTO {admin.catalog_schema}.products (id, price_cents, stock) "
-                "SELECT id, 100 * id, %s FROM unnest(%s::int[]) AS id",
-                [INITIAL_STOCK, PRODUCTS],
-            )
+        pair.add_products(database, PRODUCTS, INITIAL_STOCK)
         yield database
 
 

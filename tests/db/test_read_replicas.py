@@ -48,13 +48,7 @@ def pair() -> Iterator[ReplicatedPostgres]:
 @pytest.fixture(scope="module")
 def replicated(pair: ReplicatedPostgres) -> Iterator[ProvisionedDatabase]:
     with pair.provisioned() as database:
-        admin = database.admin
-        with pair.primary.connect(admin.db_name) as connection:
-            connection.execute(
-                f"INSERT INTO {admin.catalog_schema}.products (id, price_cents, stock) "
-                "SELECT id, 100 * id, 1000000 FROM unnest(%s::int[]) AS id",
-                [PRODUCTS],
-            )
+        pair.add_products(database, PRODUCTS, 1_000_000)
         yield database
 
 

@@ -50,13 +50,8 @@ def pair() -> Iterator[ReplicatedPostgres]:
 @pytest.fixture
 def stocked(pair: ReplicatedPostgres) -> Iterator[ProvisionedDatabase]:
     with pair.provisioned() as database:
-        admin = database.admin
-        with pair.primary.connect(admin.db_name) as connection:
-            connection.execute(
-                f"INSERT INTO {admin.catalog_schema}.products (id, price_cents, stock) "
-                "SELECT id, 100 * id, %s FROM unnest(%s::int[]) AS id",
-                [INITIAL_STOCK, PRODUCTS],
-            )
+        pair.add_products(database, PRODUCTS, INITIAL_STOCK)
+        with pair.primary.connect(database.admin.db_name) as connection:
             # The DBA's part of print-grants with EVENTS_AWAIT_STANDBYS: the standbys' positions.
             connection.execute(f"GRANT pg_read_all_stats TO {database.runtime.db_user}")
         yield database

@@ -341,6 +341,16 @@ class ReplicatedPostgres:
         assert self.name is not None
         self.name.move_to(node, cut=cut)
 
+    def add_products(self, database: ProvisionedDatabase, products: list[int], stock: int) -> None:
+        """Put ``products`` in the catalog on the primary, each at ``100 * id`` cents with ``stock`` units."""
+        admin = database.admin
+        with self.primary.connect(admin.db_name) as connection:
+            connection.execute(
+                f"INSERT INTO {admin.catalog_schema}.products (id, price_cents, stock) "
+                "SELECT id, 100 * id, %s FROM unnest(%s::int[]) AS id",
+                [stock, products],
+            )
+
     @contextlib.contextmanager
     def provisioned(self) -> Iterator[ProvisionedDatabase]:
         """``provisioned_database`` through the name: migrated on the primary, replicated to the standby (roles and
